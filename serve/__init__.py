@@ -1,0 +1,1 @@
+"""Ray Serve deployments (adapter generation + instance inference); filled by a later issue."""

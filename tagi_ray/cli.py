@@ -1,0 +1,103 @@
+"""The `tagi` command: one subcommand per stage of the pipeline.
+
+Subcommands that are not built yet exit with status 2 and say so; none pretends to work.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tagi_ray.config import ConfigError, load_config
+
+NOT_IMPLEMENTED_EXIT = 2
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="YAML preset (default: configs/tiny.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """Export SNI tasks to an Arrow/Parquet table, or write the embedded suite as SNI JSON."""
+    from tagi_ray.data.export import export_sni_table
+    from tagi_ray.data.builtin import write_suite
+
+    if args.builtin:
+        out = write_suite(args.out, seed=args.seed, n_instances=args.n_instances)
+        print(f"wrote the builtin suite in SNI layout to {out}")
+        if args.sni is None:
+            return 0
+    if args.sni is None:
+        print("tagi data: give --sni DIR (export a table) or --builtin (write the embedded suite)", file=sys.stderr)
+        return 2
+    summary = export_sni_table(args.sni, args.out, splits=args.split, max_instances=args.max_instances,
+                               max_eval_instances=args.max_eval_instances, seed=args.seed)
+    print(json.dumps(summary, indent=1))
+    return 1 if summary["errors"] and args.strict else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The embedded-default run. For now: data + metrics; model stages come in later issues."""
+    from tagi_ray.demo import run_demo
+
+    cfg = load_config(args.config, args.overrides)
+    return run_demo(cfg, Path(args.out))
+
+
+def _not_implemented(name: str):
+    def handler(args: argparse.Namespace) -> int:
+        print(f"tagi {name}: not implemented yet", file=sys.stderr)
+        return NOT_IMPLEMENTED_EXIT
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tagi", description="TAGI on Ray: instructions -> LoRA adapters.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("data", help="export SNI tasks to Arrow/Parquet, or write the embedded task suite")
+    p.add_argument("--sni", default=None, help="SNI directory (tasks/ + train_tasks.txt/test_tasks.txt)")
+    p.add_argument("--builtin", action="store_true", help="write the embedded suite (SNI JSON) to --out")
+    p.add_argument("--out", required=True, help="table file (.parquet/.arrow) for --sni; directory for --builtin")
+    p.add_argument("--split", nargs="+", default=["train", "test"], choices=["train", "test"])
+    p.add_argument("--max-instances", type=int, default=100, help="per training task (seeded sample)")
+    p.add_argument("--max-eval-instances", type=int, default=100, help="per test task (the first N)")
+    p.add_argument("--n-instances", type=int, default=64, help="instances per builtin task")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strict", action="store_true", help="exit 1 if any task file failed to load")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("demo", help="run the embedded default end to end (offline, CPU)")
+    _add_config_args(p)
+    p.add_argument("--out", default="runs/demo", help="run directory")
+    p.set_defaults(func=cmd_demo)
+
+    for name, text in [
+        ("teachers", "train one LoRA teacher per training task (Ray Train)"),
+        ("meta-train", "meta-train the hypernetwork (Ray Train + DeepSpeed)"),
+        ("eval", "evaluate on held-out tasks"),
+        ("tune", "Ray Tune sweep over loss weights, rank and lr"),
+        ("serve", "serve adapter generation + inference (Ray Serve)"),
+        ("export-adapter", "write a generated adapter as a PEFT directory"),
+    ]:
+        p = sub.add_parser(name, help=f"{text} [not implemented yet]")
+        _add_config_args(p)
+        p.set_defaults(func=_not_implemented(name))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

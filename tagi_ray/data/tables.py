@@ -1,0 +1,115 @@
+"""SNI tasks <-> Arrow tables (one row per instance), the format every job consumes.
+
+Columns: task, category, id, definition, pos_examples (list of {input, output, explanation}),
+input, outputs (list of references), split. Training loops read these tables (or Ray Data /
+HF `datasets` views of them) and never parse task JSON themselves.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tagi_ray.data.sni import Instance, SNITask
+
+_EXAMPLE = pa.struct([("input", pa.string()), ("output", pa.string()), ("explanation", pa.string())])
+SCHEMA = pa.schema([
+    ("task", pa.string()),
+    ("category", pa.string()),
+    ("id", pa.string()),
+    ("definition", pa.string()),
+    ("pos_examples", pa.list_(_EXAMPLE)),
+    ("input", pa.string()),
+    ("outputs", pa.list_(pa.string())),
+    ("split", pa.string()),
+])
+
+
+def tasks_to_table(tasks: Iterable[SNITask], split: str) -> pa.Table:
+    """One row per instance of every task, all tagged with `split`."""
+    cols: dict[str, list] = {name: [] for name in SCHEMA.names}
+    for task in tasks:
+        examples = [{k: ex.get(k, "") for k in ("input", "output", "explanation")} for ex in task.pos_examples]
+        for inst in task.instances:
+            cols["task"].append(task.name)
+            cols["category"].append(task.category)
+            cols["id"].append(inst.id)
+            cols["definition"].append(task.definition)
+            cols["pos_examples"].append(examples)
+            cols["input"].append(inst.input)
+            cols["outputs"].append(list(inst.outputs))
+            cols["split"].append(split)
+    return pa.table(cols, schema=SCHEMA)
+
+
+def select_split(table: pa.Table, split: str) -> pa.Table:
+    """The rows of one split ("train", "val" or "test")."""
+    return table.filter(pc.equal(table.column("split"), split))
+
+
+def table_to_tasks(table: pa.Table) -> dict[str, list[SNITask]]:
+    """Inverse of `tasks_to_table` (for any mix of splits): {split: [SNITask, ...]} in row order."""
+    _check_schema(table)
+    by_key: dict[tuple[str, str], SNITask] = {}
+    for row in table.to_pylist():
+        key = (row["split"], row["task"])
+        task = by_key.get(key)
+        if task is None:
+            task = by_key[key] = SNITask(
+                name=row["task"], definition=row["definition"], categories=[row["category"]],
+                pos_examples=list(row["pos_examples"]), instances=[],
+            )
+        task.instances.append(Instance(id=row["id"], input=row["input"], outputs=list(row["outputs"])))
+    out: dict[str, list[SNITask]] = {}
+    for (split, _), task in by_key.items():
+        out.setdefault(split, []).append(task)
+    return out
+
+
+def _check_schema(table: pa.Table) -> None:
+    missing = [n for n in SCHEMA.names if n not in table.column_names]
+    if missing:
+        raise ValueError(f"not a tagi-ray task table: missing columns {missing}")
+
+
+def write_table(table: pa.Table, path: str | Path) -> Path:
+    """Write as Parquet (`.parquet`) or Arrow IPC (`.arrow`), atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".arrow":
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+    elif path.suffix == ".parquet":
+        pq.write_table(table, tmp)
+    else:
+        raise ValueError(f"{path}: use a .parquet or .arrow file name")
+    tmp.replace(path)
+    return path
+
+
+def read_table(path: str | Path) -> pa.Table:
+    """Read a table written by `write_table`."""
+    path = Path(path)
+    if path.suffix == ".arrow":
+        with pa.memory_map(str(path)) as source:
+            table = pa.ipc.open_file(source).read_all()
+    else:
+        table = pq.read_table(path)
+    _check_schema(table)
+    return table
+
+
+def to_hf_dataset(table: pa.Table):
+    """A Hugging Face `datasets.Dataset` view of a task table (zero-copy)."""
+    import datasets
+
+    return datasets.Dataset(datasets.table.InMemoryTable(table))
+
+
+def from_hf_dataset(ds) -> pa.Table:
+    """The Arrow table behind a `datasets.Dataset` (e.g. after `.filter`/`.select`)."""
+    return ds.with_format("arrow")[:]

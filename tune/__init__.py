@@ -1,0 +1,1 @@
+"""Ray Tune sweeps; filled by a later issue."""
