@@ -70,8 +70,10 @@ class HypernetConfig:
 
 @dataclass
 class LossConfig:
-    """L = L_ce + lambda_kl * L_kl + lambda_ins * L_ins (paper: lambda_kl=5, lambda_ins=sigmoid)."""
+    """L = lambda_ce * L_ce + lambda_kl * L_kl + lambda_ins * L_ins (paper: 1, 5, sigmoid).
+    A zero weight switches a term off (the paper's ablations)."""
 
+    lambda_ce: float = field(default=1.0, metadata=_min(0))
     lambda_kl: float = field(default=5.0, metadata=_min(0))
     lambda_ins: Union[float, str] = "sigmoid"  # a number >= 0 or "sigmoid" (= sigmoid(L_ins))
     temperature: float = field(default=2.0, metadata=_min(0, exclusive=True))

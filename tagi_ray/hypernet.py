@@ -1,0 +1,65 @@
+"""The hypernetwork: pooled instruction -> LoRA A/B for every target module, in one pass.
+
+For each target t the input is the pooled instruction p plus learned embeddings of t's layer
+depth and module type; a 2-layer MLP maps it to r*(in+out) numbers, split into A (r, in) and
+B (out, r). The first layer is computed as proj(p) + proj(emb_t) (same as on the concatenation,
+without materialising it); targets are grouped by shape so each group's output layer runs once.
+
+Init: output weights ~ N(0, init_scale); the output bias of the A part is PEFT's lora_A init and
+of the B part is zero, so a fresh hypernetwork emits B ~ 0 (the update starts near zero) while
+gradients reach B at once.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tagi_ray.lora.targets import LoraTarget
+from tagi_ray.lora.weights import LoraWeights
+
+
+class HyperNetwork(nn.Module):
+    def __init__(self, instr_dim: int, targets: list[LoraTarget], rank: int, hidden_dim: int = 256,
+                 embed_dim: int = 32, init_scale: float = 1e-3):
+        super().__init__()
+        self.targets, self.rank = targets, rank
+        layers = sorted({t.layer for t in targets})
+        kinds = sorted({t.kind for t in targets})
+        self.register_buffer("layer_ids", torch.tensor([layers.index(t.layer) for t in targets]), persistent=False)
+        self.register_buffer("kind_ids", torch.tensor([kinds.index(t.kind) for t in targets]), persistent=False)
+        self.layer_emb = nn.Embedding(len(layers), embed_dim)
+        self.kind_emb = nn.Embedding(len(kinds), embed_dim)
+        self.norm = nn.LayerNorm(instr_dim)
+        self.instr_proj = nn.Linear(instr_dim, hidden_dim)
+        self.pos_proj = nn.Linear(2 * embed_dim, hidden_dim, bias=False)
+
+        shapes = sorted({(t.in_features, t.out_features) for t in targets})
+        self.groups = [[i for i, t in enumerate(targets) if (t.in_features, t.out_features) == s] for s in shapes]
+        self.shapes = shapes
+        self.heads = nn.ModuleList()
+        for d_in, d_out in shapes:
+            head = nn.Linear(hidden_dim, rank * (d_in + d_out))
+            nn.init.normal_(head.weight, std=init_scale)
+            with torch.no_grad():
+                bound = 1.0 / math.sqrt(d_in)
+                head.bias.zero_()
+                head.bias[: rank * d_in].uniform_(-bound, bound)
+            self.heads.append(head)
+
+    def forward(self, pooled: torch.Tensor) -> LoraWeights:
+        """pooled: (N, instr_dim) -> LoraWeights with A[name] (N, r, in), B[name] (N, out, r)."""
+        pos = torch.cat([self.layer_emb(self.layer_ids), self.kind_emb(self.kind_ids)], dim=-1)  # (T, 2e)
+        h = F.gelu(self.instr_proj(self.norm(pooled))[:, None, :] + self.pos_proj(pos)[None])  # (N, T, hidden)
+        A, B = {}, {}
+        n, r = pooled.shape[0], self.rank
+        for idx, (d_in, d_out), head in zip(self.groups, self.shapes, self.heads):
+            out = head(h[:, idx])  # (N, T_g, r*(in+out))
+            a = out[..., : r * d_in].reshape(n, len(idx), r, d_in)
+            b = out[..., r * d_in:].reshape(n, len(idx), d_out, r)
+            for j, i in enumerate(idx):
+                name = self.targets[i].name
+                A[name], B[name] = a[:, j], b[:, j]
+        return LoraWeights({t.name: A[t.name] for t in self.targets}, {t.name: B[t.name] for t in self.targets})

@@ -1,0 +1,85 @@
+"""Batched LoRA: every example of a batch can carry its own adapter.
+
+    y = W x + scaling * B_b (A_b x),   b = index[example]
+
+`BatchedLora` attaches a forward hook to each target `nn.Linear` of a frozen base model (the
+base stays an unmodified Hugging Face model: same state dict, same `save_pretrained`). Inside
+`with lora.apply(weights, index):` every hooked layer adds the update: the adapters are
+gathered by `index` and applied with two batched matmuls; no Python loop over examples. When
+the whole batch shares one adapter the exact fast path uses two plain matmuls instead.
+
+This one mechanism serves all users: generated adapters (meta-training), the teacher bank
+(packed teachers, `index` = task id per example), and the serving cache (stacked adapters).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tagi_ray.lora.targets import LoraTarget
+from tagi_ray.lora.weights import LoraWeights
+
+
+class BatchedLora:
+    """Per-example LoRA on the target linear layers of `model`, via forward hooks."""
+
+    def __init__(self, model: nn.Module, targets: list[LoraTarget], rank: int, alpha: float, dropout: float = 0.0):
+        self.targets = targets
+        self.rank = rank
+        self.scaling = alpha / rank
+        self.dropout = dropout
+        self._active: tuple[LoraWeights, torch.Tensor | None] | None = None
+        modules = dict(model.named_modules())
+        self._handles = [modules[t.name].register_forward_hook(self._hook(t.name)) for t in targets]
+
+    def _hook(self, name: str):
+        def hook(module: nn.Linear, inputs: tuple, output: torch.Tensor):
+            if self._active is None:
+                return None
+            weights, index = self._active
+            if name not in weights.A:
+                return None
+            return output + self.delta(inputs[0], weights.A[name], weights.B[name], index, module.training)
+
+        return hook
+
+    def delta(self, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, index: torch.Tensor | None,
+              training: bool = False) -> torch.Tensor:
+        """scaling * B_b A_b x for x of shape (batch, ..., in); A (N, r, in), B (N, out, r)."""
+        if self.dropout and training:
+            x = F.dropout(x, self.dropout, training=True)
+        A, B = A.to(x.dtype), B.to(x.dtype)
+        if index is None and A.shape[0] == 1:  # exact fast path: one adapter for the whole batch
+            return (x @ A[0].transpose(0, 1)) @ B[0].transpose(0, 1) * self.scaling
+        if index is not None:
+            A, B = A.index_select(0, index), B.index_select(0, index)  # gather: (batch, r, in)
+        elif A.shape[0] != x.shape[0]:
+            raise ValueError(f"{A.shape[0]} adapters for a batch of {x.shape[0]}: pass an index")
+        xb = x.reshape(x.shape[0], -1, x.shape[-1])
+        out = torch.bmm(torch.bmm(xb, A.transpose(1, 2)), B.transpose(1, 2))
+        return out.reshape(*x.shape[:-1], B.shape[1]) * self.scaling
+
+    @contextmanager
+    def apply(self, weights: LoraWeights | None, index: torch.Tensor | None = None) -> Iterator[None]:
+        """Apply `weights` inside the block. `index[i]` is example i's adapter; None means
+        adapter i for example i (or the single adapter for all). An index whose entries are all
+        equal takes the fast path."""
+        if weights is not None and index is not None:
+            index = index.to(device=next(iter(weights.A.values())).device, dtype=torch.long)
+            if bool((index == index[0]).all()):
+                weights, index = weights.select(index[:1]), None
+        previous, self._active = self._active, (None if weights is None else (weights, index))
+        try:
+            yield
+        finally:
+            self._active = previous
+
+    def remove(self) -> None:
+        """Detach the hooks (the base model is left exactly as it was)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []

@@ -1,0 +1,188 @@
+"""The TAGI model: frozen base + batched LoRA + hypernetwork + instruction fusion.
+
+    instr = model.encode_instruction(instr_ids, instr_mask)   # once per task
+    adapter = model.generate_adapter(instr)                   # cacheable LoraWeights
+    logits, labels = model(input_ids, mask, labels, adapter, index, instr)
+    tokens = model.generate(input_ids, mask, adapter, index, instr)
+
+`index[i]` names example i's adapter/instruction, so one batch can mix tasks. Instruction
+fusion (switch: `hypernet.fusion`): for T5 the instruction's encoder states are concatenated in
+front of the instance's encoder output (masks too) for cross-attention; for decoder-only models
+the instruction is a prefix whose key/values were computed once in `encode_instruction`.
+The instruction is always encoded by the base without any adapter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+from transformers.modeling_outputs import BaseModelOutput
+
+from tagi_ray.config import HypernetConfig, LoraConfig
+from tagi_ray.hypernet import HyperNetwork
+from tagi_ray.lora import BatchedLora, LoraWeights, find_targets
+from tagi_ray.models.base import BaseBundle
+
+
+@dataclass
+class Instruction:
+    """Encoded instructions (N of them): states for fusion, pooled vector for the hypernetwork."""
+
+    states: torch.Tensor  # (N, Ti, d)
+    mask: torch.Tensor  # (N, Ti)
+    pooled: torch.Tensor  # (N, d)
+    past: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None  # causal LMs: per-layer (k, v)
+
+    @property
+    def n(self) -> int:
+        return self.states.shape[0]
+
+    def select(self, index: torch.Tensor) -> Instruction:
+        past = None if self.past is None else tuple((k[index], v[index]) for k, v in self.past)
+        return Instruction(self.states[index], self.mask[index], self.pooled[index], past)
+
+    def for_batch(self, index: torch.Tensor | None, batch: int) -> Instruction:
+        """Row i = the instruction of example i (index None: one for all, or one per example)."""
+        if index is None:
+            if self.n == batch:
+                return self
+            if self.n != 1:
+                raise ValueError(f"{self.n} instructions for a batch of {batch}: pass an index")
+            index = torch.zeros(batch, dtype=torch.long)
+        return self.select(index.to(self.states.device))
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(states.dtype).unsqueeze(-1)
+    return (states * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class TagiModel(nn.Module):
+    def __init__(self, bundle: BaseBundle, lora: LoraConfig, hypernet: HypernetConfig):
+        super().__init__()
+        self.base = bundle.model
+        self.arch = bundle.arch
+        self.base.requires_grad_(False)
+        self.pad_id = bundle.tokenizer.pad_token_id
+        self.eos_id = bundle.tokenizer.eos_token_id
+        self.targets = find_targets(self.base, self.arch, lora.target_modules)
+        self.lora = BatchedLora(self.base, self.targets, lora.rank, lora.alpha, lora.dropout)
+        self.lora_cfg, self.hypernet_cfg = lora, hypernet
+        self.fusion = hypernet.fusion
+        self.pooling = hypernet.pooling
+        d_model = self.base.config.d_model if self.arch == "t5" else self.base.config.hidden_size
+        self.hypernet = HyperNetwork(d_model, self.targets, lora.rank, hypernet.hidden_dim, hypernet.embed_dim,
+                                     hypernet.init_scale)
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.arch == "t5"
+
+    # ---- instruction side -------------------------------------------------------------
+    def encode_instruction(self, ids: torch.Tensor, mask: torch.Tensor) -> Instruction:
+        """Run the base (no adapter) over right-padded instruction tokens."""
+        want_layers = self.pooling == "first_last_mean"
+        with self.lora.apply(None):
+            if self.is_encoder_decoder:
+                out = self.base.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=want_layers)
+                past = None
+            else:
+                out = self.base.model(input_ids=ids, attention_mask=mask, use_cache=self.fusion,
+                                      output_hidden_states=want_layers)
+                past = (tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
+                        if self.fusion else None)
+        states = out.last_hidden_state
+        pool_states = (out.hidden_states[1] + out.hidden_states[-1]) / 2 if want_layers else states
+        return Instruction(states, mask, masked_mean(pool_states, mask), past)
+
+    def generate_adapter(self, instruction: Instruction) -> LoraWeights:
+        """One adapter per encoded instruction."""
+        return self.hypernet(instruction.pooled)
+
+    # ---- instance side ----------------------------------------------------------------
+    def _encode_t5(self, input_ids, attention_mask, instruction, index, fuse):
+        enc = self.base.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if fuse and instruction is not None:
+            ins = instruction.for_batch(index, input_ids.shape[0])
+            enc = torch.cat([ins.states.to(enc.dtype), enc], dim=1)
+            attention_mask = torch.cat([ins.mask.to(attention_mask.dtype), attention_mask], dim=1)
+        return BaseModelOutput(last_hidden_state=enc), attention_mask
+
+    def _prefix(self, instruction, index, batch, fuse, attention_mask):
+        """Causal LMs: (cache holding the instruction prefix or empty, full attention mask)."""
+        if not (fuse and instruction is not None):
+            return DynamicCache(config=self.base.config), attention_mask
+        ins = instruction.for_batch(index, batch)
+        full = torch.cat([ins.mask.to(attention_mask.dtype), attention_mask], dim=1)
+        return DynamicCache(ddp_cache_data=ins.past), full
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                adapter: LoraWeights | None = None, index: torch.Tensor | None = None,
+                instruction: Instruction | None = None, fuse: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits aligned with labels: logits[b, t] predicts labels[b, t] (-100 = ignore).
+
+        T5: input_ids = instance source, labels = target. Causal: input_ids = source + target,
+        labels = -100 on the source part."""
+        fuse = self.fusion if fuse is None else fuse
+        with self.lora.apply(adapter, index):
+            if self.is_encoder_decoder:
+                enc, mask = self._encode_t5(input_ids, attention_mask, instruction, index, fuse)
+                dec_in = self.base._shift_right(labels)
+                out = self.base(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=dec_in, use_cache=False)
+                return out.logits, labels
+            cache, full = self._prefix(instruction, index, input_ids.shape[0], fuse, attention_mask)
+            pos = (full.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
+            out = self.base(input_ids=input_ids, attention_mask=full, position_ids=pos, past_key_values=cache,
+                            use_cache=True)
+            return out.logits[:, :-1], labels[:, 1:]
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter: LoraWeights | None = None,
+                 index: torch.Tensor | None = None, instruction: Instruction | None = None,
+                 max_new_tokens: int = 32, fuse: bool | None = None) -> list[list[int]]:
+        """Greedy decoding for a batch with heterogeneous adapters. Causal LMs: left-padded prompts.
+        Returns each example's new tokens up to (not including) EOS."""
+        fuse = self.fusion if fuse is None else fuse
+        batch = input_ids.shape[0]
+        done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+        steps: list[torch.Tensor] = []
+        with self.lora.apply(adapter, index):
+            if self.is_encoder_decoder:
+                enc, mask = self._encode_t5(input_ids, attention_mask, instruction, index, fuse)
+                cur = torch.full((batch, 1), self.base.config.decoder_start_token_id, device=input_ids.device)
+                cache = None
+                for _ in range(max_new_tokens):
+                    out = self.base(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=cur,
+                                    past_key_values=cache, use_cache=True)
+                    cache = out.past_key_values
+                    cur = self._next(out.logits, done, steps)
+                    if bool(done.all()):
+                        break
+            else:
+                cache, full = self._prefix(instruction, index, batch, fuse, attention_mask)
+                pos = (full.long().cumsum(-1) - 1).clamp(min=0)
+                cur, cur_pos = input_ids, pos[:, -input_ids.shape[1]:]
+                for _ in range(max_new_tokens):
+                    out = self.base(input_ids=cur, attention_mask=full, position_ids=cur_pos,
+                                    past_key_values=cache, use_cache=True)
+                    cache = out.past_key_values
+                    cur = self._next(out.logits, done, steps)
+                    if bool(done.all()):
+                        break
+                    full = torch.cat([full, torch.ones_like(cur, dtype=full.dtype)], dim=1)
+                    cur_pos = cur_pos[:, -1:] + 1
+        tokens = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(batch)]
+        return [[t for t in row[: row.index(self.eos_id)] if t != self.pad_id] if self.eos_id in row else
+                [t for t in row if t != self.pad_id] for row in tokens]
+
+    def _next(self, logits: torch.Tensor, done: torch.Tensor, steps: list) -> torch.Tensor:
+        nxt = logits[:, -1].argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, self.eos_id), nxt)
+        steps.append(nxt)
+        done |= nxt == self.eos_id
+        return nxt[:, None]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
