@@ -47,6 +47,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(cfg, Path(args.out))
 
 
+def cmd_export_adapter(args: argparse.Namespace) -> int:
+    """Generate the adapter for an instruction from a checkpoint; write it as a PEFT directory."""
+    from tagi_ray.export_adapter import export_generated_adapter
+
+    examples = json.loads(Path(args.examples).read_text()) if args.examples else []
+    out = export_generated_adapter(args.checkpoint, args.instruction, args.out, examples)
+    print(f"wrote PEFT adapter to {out}")
+    return 0
+
+
 def _not_implemented(name: str):
     def handler(args: argparse.Namespace) -> int:
         print(f"tagi {name}: not implemented yet", file=sys.stderr)
@@ -82,11 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("eval", "evaluate on held-out tasks"),
         ("tune", "Ray Tune sweep over loss weights, rank and lr"),
         ("serve", "serve adapter generation + inference (Ray Serve)"),
-        ("export-adapter", "write a generated adapter as a PEFT directory"),
     ]:
         p = sub.add_parser(name, help=f"{text} [not implemented yet]")
         _add_config_args(p)
         p.set_defaults(func=_not_implemented(name))
+    p = sub.add_parser("export-adapter", help="write the adapter generated for an instruction as a PEFT directory")
+    p.add_argument("--checkpoint", required=True, help="TAGI checkpoint directory")
+    p.add_argument("--instruction", required=True, help="the task definition")
+    p.add_argument("--examples", default=None, help='JSON file: [{"input": ..., "output": ...}, ...]')
+    p.add_argument("--out", required=True, help="output PEFT adapter directory")
+    p.set_defaults(func=cmd_export_adapter)
     return parser
 
 

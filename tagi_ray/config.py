@@ -89,6 +89,8 @@ class TrainConfig:
     batch_size: int = field(default=8, metadata=_min(1))
     grad_accum: int = field(default=1, metadata=_min(1))
     warmup_steps: int = field(default=0, metadata=_min(0))
+    prompt_tuning_steps: int = field(default=200, metadata=_min(0))  # base warm-up, instruction in prompt
+    prompt_tuning_lr: float = field(default=1e-3, metadata=_min(0, exclusive=True))
     teacher_steps: int = field(default=100, metadata=_min(1))
     teacher_pack_size: int = field(default=16, metadata=_min(1))
     pretrain_steps: int = field(default=100, metadata=_min(0))

@@ -5,6 +5,12 @@ depth and module type; a 2-layer MLP maps it to r*(in+out) numbers, split into A
 B (out, r). The first layer is computed as proj(p) + proj(emb_t) (same as on the concatenation,
 without materialising it); targets are grouped by shape so each group's output layer runs once.
 
+Input standardisation: mean-pooled states of different instructions are nearly parallel (cosine
+~0.999 on the builtin suite: shared wording dominates the mean), so the pooled vector is
+standardised with per-feature mean/std fitted once on the training instructions
+(`fit_input_stats`; the encoder is frozen while the hypernetwork trains, so they are fixed).
+They are buffers: saved with the hypernetwork and identical on every rank.
+
 Init: output weights ~ N(0, init_scale); the output bias of the A part is PEFT's lora_A init and
 of the B part is zero, so a fresh hypernetwork emits B ~ 0 (the update starts near zero) while
 gradients reach B at once.
@@ -32,6 +38,8 @@ class HyperNetwork(nn.Module):
         self.register_buffer("kind_ids", torch.tensor([kinds.index(t.kind) for t in targets]), persistent=False)
         self.layer_emb = nn.Embedding(len(layers), embed_dim)
         self.kind_emb = nn.Embedding(len(kinds), embed_dim)
+        self.register_buffer("in_mean", torch.zeros(instr_dim))
+        self.register_buffer("in_std", torch.ones(instr_dim))
         self.norm = nn.LayerNorm(instr_dim)
         self.instr_proj = nn.Linear(instr_dim, hidden_dim)
         self.pos_proj = nn.Linear(2 * embed_dim, hidden_dim, bias=False)
@@ -49,10 +57,18 @@ class HyperNetwork(nn.Module):
                 head.bias[: rank * d_in].uniform_(-bound, bound)
             self.heads.append(head)
 
+    @torch.no_grad()
+    def fit_input_stats(self, pooled: torch.Tensor) -> None:
+        """Set the input standardisation from pooled training instructions (M, instr_dim), M >= 2."""
+        if pooled.shape[0] < 2:
+            raise ValueError("fit_input_stats needs at least 2 instructions")
+        self.in_mean.copy_(pooled.mean(0))
+        self.in_std.copy_(pooled.std(0).clamp(min=1e-6))
+
     def forward(self, pooled: torch.Tensor) -> LoraWeights:
         """pooled: (N, instr_dim) -> LoraWeights with A[name] (N, r, in), B[name] (N, out, r)."""
         pos = torch.cat([self.layer_emb(self.layer_ids), self.kind_emb(self.kind_ids)], dim=-1)  # (T, 2e)
-        h = F.gelu(self.instr_proj(self.norm(pooled))[:, None, :] + self.pos_proj(pos)[None])  # (N, T, hidden)
+        h = F.gelu(self.instr_proj(self.norm((pooled - self.in_mean) / self.in_std))[:, None, :] + self.pos_proj(pos)[None])  # (N, T, hidden)
         A, B = {}, {}
         n, r = pooled.shape[0], self.rank
         for idx, (d_in, d_out), head in zip(self.groups, self.shapes, self.heads):

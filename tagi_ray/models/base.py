@@ -70,6 +70,9 @@ def build_tiny(cfg: ModelConfig, arch: str | None = None) -> BaseBundle:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
         model = T5ForConditionalGeneration(config) if arch == "t5" else LlamaForCausalLM(config)
+        if arch == "t5":  # HF inits an untied T5 lm_head with std 1: start from unit-scale logits instead
+            with torch.no_grad():
+                model.lm_head.weight.mul_(cfg.d_model ** -0.5)
     return BaseBundle(model.to(_DTYPES[cfg.dtype]), tokenizer, arch)
 
 

@@ -1,0 +1,1 @@
+"""Training loops that run the same with and without Ray."""

@@ -1,0 +1,55 @@
+"""Loss computations for one batch, shared by the local loop, Ray Train and DeepSpeed.
+
+- `prompt_step`: instruction-in-prompt LM loss on the base (warm-up / Tk-Instruct baseline).
+- `tagi_step`: encode the batch's instructions, generate adapters, forward with per-example
+  adapters (+ fusion), and TAGI's loss; with a teacher bank also L_kl and L_ins.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from tagi_ray.batching import Batch, train_batch
+from tagi_ray.config import LossConfig, ModelConfig
+from tagi_ray.losses import ce_loss, tagi_loss
+from tagi_ray.lora.weights import LoraWeights
+from tagi_ray.tagi import TagiModel
+from tagi_ray.training.examples import Example
+
+
+def make_batch(model: TagiModel, tokenizer, examples: Sequence[Example], mcfg: ModelConfig, with_prompt: bool,
+               task_ids: Sequence[int] | None = None) -> Batch:
+    """Tokenize examples: the full Tk-Instruct prompt (`with_prompt`) or instance + instruction."""
+    sources = [e.prompt if with_prompt else e.source for e in examples]
+    max_src = mcfg.max_source_length + (mcfg.max_instruction_length if with_prompt else 0)
+    batch = train_batch(tokenizer, model.is_encoder_decoder, sources, [e.target for e in examples], max_src,
+                        mcfg.max_target_length, None if with_prompt else [e.instruction for e in examples],
+                        mcfg.max_instruction_length)
+    if task_ids is not None:
+        batch.task_ids = torch.as_tensor(list(task_ids), dtype=torch.long)
+    return batch
+
+
+def prompt_step(model: TagiModel, batch: Batch) -> dict:
+    logits, labels = model(batch.input_ids, batch.attention_mask, batch.labels)
+    return {"loss": ce_loss(logits, labels)}
+
+
+def tagi_step(model: TagiModel, batch: Batch, loss_cfg: LossConfig, teacher: LoraWeights | None = None) -> dict:
+    """TAGI loss for a batch. `teacher`: the teacher bank, rows indexed by `batch.task_ids`."""
+    with torch.no_grad():  # the base is frozen: instruction states need no graph
+        instr = model.encode_instruction(batch.instr_ids, batch.instr_mask)
+    adapter = model.generate_adapter(instr)
+    logits, labels = model(batch.input_ids, batch.attention_mask, batch.labels, adapter, batch.index, instr)
+    teacher_logits = teacher_rows = None
+    if teacher is not None and batch.task_ids is not None:
+        if loss_cfg.lambda_kl > 0:
+            with torch.no_grad():
+                teacher_logits, _ = model(batch.input_ids, batch.attention_mask, batch.labels, teacher,
+                                          batch.task_ids, fuse=False)
+        # teacher row of each instruction row (all examples of an instruction share a task)
+        rows = torch.zeros(instr.n, dtype=torch.long).scatter_(0, batch.index, batch.task_ids)
+        teacher_rows = teacher.select(rows)
+    terms = tagi_loss(loss_cfg, logits, labels, teacher_logits, adapter, teacher_rows)
+    return {"loss": terms.total, **{k: v for k, v in terms.as_floats().items() if k != "loss"}}

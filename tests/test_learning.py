@@ -1,0 +1,100 @@
+"""The single-process loop learns on the embedded suite, and the result is usable end to end."""
+import random
+import statistics
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+from peft import PeftModel
+
+from tagi_ray.checkpoint import load_checkpoint, save_checkpoint
+from tagi_ray.cli import main
+from tagi_ray.config import LossConfig, load_config
+from tagi_ray.data.builtin import write_suite
+from tagi_ray.data.export import build_table
+from tagi_ray.data.tables import select_split
+from tagi_ray.inference import generate_with_instructions
+from tagi_ray.models import load_pretrained
+from tagi_ray.training.examples import table_examples
+from tagi_ray.training.local import train_local
+from tagi_ray.training.steps import make_batch, tagi_step
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("learn")
+    cfg = load_config(overrides=["train.batch_size=8", "train.lr=3e-3", "train.prompt_tuning_lr=3e-3"])
+    table, errors = build_table(write_suite(root / "suite", seed=0, n_instances=24), ("train", "test"), 24, 8)
+    assert not errors
+    start = time.time()
+    run = train_local(cfg, table, prompt_steps=80, hypernet_steps=160)
+    seconds = time.time() - start
+    ckpt = save_checkpoint(run.model, run.tokenizer, cfg, root / "ckpt")
+    return run, cfg, table, ckpt, seconds
+
+
+def test_training_loss_falls_by_half(trained):
+    run, _, _, _, seconds = trained
+    losses = [r["loss"] for r in run.history["prompt_tuning"] + run.history["hypernet"]]
+    first, last = statistics.mean(losses[:5]), statistics.mean(losses[-10:])
+    print(f"loss {first:.3f} -> {last:.3f} in {seconds:.0f}s")
+    assert last <= 0.5 * first
+    hyper = [r["loss"] for r in run.history["hypernet"]]
+    assert statistics.mean(hyper[-10:]) < statistics.mean(hyper[:10])  # the hypernetwork stage itself learns
+    assert seconds < 180
+
+
+def test_adapters_depend_on_the_instruction(trained):
+    run, cfg, table, _, _ = trained
+    train = table_examples(select_split(table, "train"), 2)
+    tasks = sorted({e.task for e in train})
+    by_task = {t: [e for e in train if e.task == t] for t in tasks}
+    inputs = [e.source for e in by_task[tasks[0]]][:12]
+    # same inputs, different instructions, adapters only (fusion off) -> different outputs
+    outs = {t: generate_with_instructions(run.model, run.tokenizer, cfg.model, [by_task[t][0].instruction] * len(inputs),
+                                          inputs, 16, fuse=False) for t in tasks[:4]}
+    differing = sum(len({outs[t][i] for t in outs}) > 1 for i in range(len(inputs)))
+    assert differing >= len(inputs) // 2, outs
+    # and the hypernetwork reads the instruction: the loss with each example's own instruction is
+    # lower than with instructions shuffled across the batch
+    rng = random.Random(0)
+    ce_only = LossConfig(lambda_kl=0.0, lambda_ins=0.0)
+    matched, shuffled = [], []
+    with torch.no_grad():
+        for _ in range(6):
+            batch = rng.sample(train, 16)
+            instructions = [e.instruction for e in batch]
+            rng.shuffle(instructions)
+            wrong = [replace(e, instruction=i) for e, i in zip(batch, instructions)]
+            for examples, sink in ((batch, matched), (wrong, shuffled)):
+                b = make_batch(run.model, run.tokenizer, examples, cfg.model, with_prompt=False)
+                sink.append(float(tagi_step(run.model, b, ce_only)["loss"]))
+    print(f"loss with own instruction {statistics.mean(matched):.3f}, shuffled {statistics.mean(shuffled):.3f}")
+    assert statistics.mean(matched) < statistics.mean(shuffled) - 0.05
+
+
+def test_checkpoint_round_trip_and_export_adapter_cli(trained, tmp_path):
+    run, cfg, table, ckpt, _ = trained
+    model, tok, cfg2 = load_checkpoint(ckpt)
+    assert cfg2 == cfg
+    ex = table_examples(select_split(table, "test"), 2)[:4]
+    a = generate_with_instructions(run.model, run.tokenizer, cfg.model, [e.instruction for e in ex], [e.source for e in ex], 12)
+    b = generate_with_instructions(model, tok, cfg.model, [e.instruction for e in ex], [e.source for e in ex], 12)
+    assert a == b
+
+    definition = "Reverse the order of the words."
+    assert main(["export-adapter", "--checkpoint", str(ckpt), "--instruction", definition,
+                 "--out", str(tmp_path / "adapter")]) == 0
+    peft_model = PeftModel.from_pretrained(load_pretrained(str(ckpt / "base")).model, str(tmp_path / "adapter")).eval()
+    ids = tok(["Now complete the following example -\nInput: a b c.\nOutput: "], return_tensors="pt")
+    labels = torch.tensor([[5, 6, 7, 1]])
+    from tagi_ray.batching import instruction_batch
+    from tagi_ray.data.prompts import instruction_text
+
+    iids, imask, _ = instruction_batch(tok, True, [instruction_text(definition)], cfg.model.max_instruction_length)
+    with torch.no_grad():
+        adapter = model.generate_adapter(model.encode_instruction(iids, imask))
+        ours, _ = model(ids.input_ids, ids.attention_mask, labels, adapter, fuse=False)
+        theirs = peft_model(input_ids=ids.input_ids, attention_mask=ids.attention_mask, labels=labels).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
