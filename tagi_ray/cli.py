@@ -13,6 +13,11 @@ from tagi_ray.config import ConfigError, load_config
 
 NOT_IMPLEMENTED_EXIT = 2
 
+# subcommands that are Ray jobs: `tagi NAME ARGS` runs `jobs/<module>.py ARGS` in this process
+JOB_COMMANDS = {
+    "teachers": ("jobs.train_teachers", "train one LoRA teacher per training task (Ray Train)"),
+}
+
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="YAML preset (default: configs/tiny.yaml)")
@@ -86,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="run directory")
     p.set_defaults(func=cmd_demo)
 
+    for name, (module, text) in JOB_COMMANDS.items():
+        # parsed by the job's own main(); listed here for `tagi --help`
+        sub.add_parser(name, help=f"{text} (= python {module.replace('.', '/')}.py)", add_help=False)
     for name, text in [
-        ("teachers", "train one LoRA teacher per training task (Ray Train)"),
         ("meta-train", "meta-train the hypernetwork (Ray Train + DeepSpeed)"),
         ("eval", "evaluate on held-out tasks"),
         ("tune", "Ray Tune sweep over loss weights, rank and lr"),
@@ -106,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in JOB_COMMANDS:
+        import importlib
+
+        module = importlib.import_module(JOB_COMMANDS[argv[0]][0])
+        try:
+            return module.main(argv[1:])
+        except ConfigError as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -91,12 +91,29 @@ class TrainConfig:
     warmup_steps: int = field(default=0, metadata=_min(0))
     prompt_tuning_steps: int = field(default=200, metadata=_min(0))  # base warm-up, instruction in prompt
     prompt_tuning_lr: float = field(default=1e-3, metadata=_min(0, exclusive=True))
-    teacher_steps: int = field(default=100, metadata=_min(1))
-    teacher_pack_size: int = field(default=16, metadata=_min(1))
     pretrain_steps: int = field(default=100, metadata=_min(0))
     meta_steps: int = field(default=200, metadata=_min(0))
     zero_stage: int = field(default=2, metadata={"choices": (0, 1, 2, 3)})
     out_dir: str = "runs/tiny"
+
+
+@dataclass
+class TeacherConfig:
+    """Per-task LoRA teachers, trained K at a time on one frozen base (a LoraBank).
+    A teacher reads the same input as the TAGI student (the instance, no instruction), so L_kl
+    compares logits of the same tokens."""
+
+    steps: int = field(default=100, metadata=_min(1))  # optimizer steps per pack
+    pack_size: int = field(default=16, metadata=_min(1))  # K tasks trained together
+    lr: float = field(default=3e-3, metadata=_min(0, exclusive=True))
+    batch_per_task: int = field(default=4, metadata=_min(1))  # examples of each task per step
+    holdout: int = field(default=8, metadata=_min(1))  # held-back instances per task for evaluation
+    tasks: list[str] = field(default_factory=list)  # only these training tasks ([] = all)
+    max_tasks: int = field(default=0, metadata=_min(0))  # 0 = every (selected) training task
+    # fault injection, for tests of resumption: a worker raises after writing this many teachers
+    # (-1 = off); the named task's loss is made NaN ("" = off)
+    fail_after_tasks: int = field(default=-1, metadata=_min(-1))
+    inject_nan_task: str = ""
 
 
 @dataclass
@@ -134,6 +151,7 @@ class TagiConfig:
     hypernet: HypernetConfig = field(default_factory=HypernetConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    teachers: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=DataConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 

@@ -28,3 +28,52 @@ def shared_sni_dir() -> Path:
             pytest.fail(f"TAGI_REQUIRE_SHARED=1 but the shared SNI data is missing at {SHARED_SNI}")
         pytest.skip(f"shared SNI data not found at {SHARED_SNI}")
     return SHARED_SNI
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole session (dashboard on: Train/Tune cleanup needs it)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=True)
+    yield
+    ray.shutdown()
+
+
+def tiny_test_config(**sections):
+    """configs/tiny.yaml with test-sized budgets; `sections` override per section, e.g.
+    tiny_test_config(teachers={"steps": 10})."""
+    from tagi_ray.config import load_config
+
+    cfg = load_config(None)
+    cfg.train.prompt_tuning_steps = 30
+    cfg.teachers.steps = 40
+    cfg.teachers.pack_size = 4
+    cfg.ray.num_workers = 2
+    for section, values in sections.items():
+        for key, value in values.items():
+            setattr(getattr(cfg, section), key, value)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def warm_run(tmp_path_factory):
+    """A run directory with the task table and a (briefly) warmed-up base, shared by the Ray tests."""
+    from tagi_ray.run_dir import RunDir, ensure_base, ensure_data
+
+    run = RunDir(tmp_path_factory.mktemp("warm_run"))
+    cfg = tiny_test_config()
+    table = ensure_data(cfg, run)
+    ensure_base(cfg, run, table)
+    return run
+
+
+def run_with_shared_base(warm: "object", root: Path):
+    """A fresh run directory that reuses `warm`'s table and base (symlinks), so tests stay fast."""
+    from tagi_ray.run_dir import RunDir
+
+    run = RunDir(root)
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    (root / "data" / "tasks.parquet").symlink_to(warm.table)
+    root.joinpath("base").symlink_to(warm.base)
+    return run

@@ -15,7 +15,7 @@ def test_help_lists_every_subcommand():
         assert name in out.stdout
 
 
-@pytest.mark.parametrize("name", ["teachers", "meta-train", "eval", "tune", "serve"])
+@pytest.mark.parametrize("name", ["meta-train", "eval", "tune", "serve"])
 def test_unfilled_subcommands_exit_2(name, capsys):
     assert main([name]) == 2
     assert "not implemented yet" in capsys.readouterr().err
@@ -39,3 +39,8 @@ def test_demo_writes_data_and_metrics(tmp_path, capsys):
 def test_config_error_exits_2(capsys):
     assert main(["demo", "--set", "train.lr=-1"]) == 2
     assert "train.lr" in capsys.readouterr().err
+
+
+def test_job_subcommand_reports_config_errors(capsys):
+    assert main(["teachers", "--set", "teachers.pack_size=0"]) == 2
+    assert "teachers.pack_size" in capsys.readouterr().err
