@@ -16,6 +16,8 @@ NOT_IMPLEMENTED_EXIT = 2
 # subcommands that are Ray jobs: `tagi NAME ARGS` runs `jobs/<module>.py ARGS` in this process
 JOB_COMMANDS = {
     "teachers": ("jobs.train_teachers", "train one LoRA teacher per training task (Ray Train)"),
+    "meta-train": ("jobs.meta_train", "meta-train the hypernetwork, both stages (Ray Train + DeepSpeed)"),
+    "eval": ("jobs.evaluate", "evaluate a checkpoint on held-out tasks; metrics.json + report.md"),
 }
 
 
@@ -95,8 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
         # parsed by the job's own main(); listed here for `tagi --help`
         sub.add_parser(name, help=f"{text} (= python {module.replace('.', '/')}.py)", add_help=False)
     for name, text in [
-        ("meta-train", "meta-train the hypernetwork (Ray Train + DeepSpeed)"),
-        ("eval", "evaluate on held-out tasks"),
         ("tune", "Ray Tune sweep over loss weights, rank and lr"),
         ("serve", "serve adapter generation + inference (Ray Serve)"),
     ]:

@@ -94,6 +94,10 @@ class TrainConfig:
     pretrain_steps: int = field(default=100, metadata=_min(0))
     meta_steps: int = field(default=200, metadata=_min(0))
     zero_stage: int = field(default=2, metadata={"choices": (0, 1, 2, 3)})
+    checkpoint_every: int = field(default=50, metadata=_min(0))  # meta-training steps; 0 = only at the end
+    train_layer_norms: bool = False  # also train the base's layer norms during meta-training
+    pretrain_corpus: str = ""  # stage-1 text (.txt lines / .jsonl "text"); "" = the training tasks' text
+    fail_at_step: int = field(default=-1, metadata=_min(-1))  # fault injection (tests): a worker fails once
     out_dir: str = "runs/tiny"
 
 

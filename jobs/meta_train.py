@@ -1,0 +1,133 @@
+"""Ray job: meta-train the hypernetwork with DeepSpeed on Ray Train, both stages, resumable.
+
+    python jobs/meta_train.py --config configs/tiny.yaml [--out runs/x] [--address ...]
+    tagi meta-train --config configs/tiny.yaml
+
+Stage 1 ("pretrain") trains on plain text split in three; stage 2 ("meta") on the training
+tasks against their teachers (run `tagi teachers` first when lambda_kl / lambda_ins are on).
+Each stage is a TorchTrainer run with a stable name under the run's Ray storage, so a
+resubmitted job resumes from the last checkpoint; a finished stage is skipped. The result is a
+standalone TAGI checkpoint in `<out>/hypernet/`.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+
+from jobs.ray_session import connect, storage_path
+from tagi_ray.checkpoint import HYPERNET_FILE
+from tagi_ray.config import TagiConfig, load_config
+from tagi_ray.data.prompts import parse_prompt_format
+from tagi_ray.data.tables import select_split
+from tagi_ray.run_dir import RunDir, ensure_base, ensure_data, record_config
+from tagi_ray.training.examples import table_examples
+from tagi_ray.training.meta import EXPORT_DIR, meta_worker_loop
+from tagi_ray.training.pretrain_text import split_texts, texts_from_corpus, texts_from_table
+from tagi_ray.training.teachers import completed_tasks
+
+
+def uses_teachers(cfg: TagiConfig) -> bool:
+    return cfg.loss.lambda_kl > 0 or cfg.loss.lambda_ins == "sigmoid" or float(cfg.loss.lambda_ins) > 0
+
+
+def meta_training_tasks(cfg: TagiConfig, table: pa.Table, run: RunDir, exclude: set[str] = frozenset()) -> pa.Table:
+    """Stage-2 rows: training tasks (minus `exclude`, e.g. validation tasks); with teacher losses
+    on, only tasks whose teacher is complete."""
+    train = select_split(table, "train")
+    names = set(train.column("task").to_pylist()) - set(exclude)
+    if uses_teachers(cfg):
+        done = completed_tasks(run.teachers)
+        if not done:
+            raise FileNotFoundError(f"lambda_kl/lambda_ins need teachers, but {run.teachers} has none: "
+                                    f"run `tagi teachers` first (or set loss.lambda_kl=0 loss.lambda_ins=0)")
+        missing = sorted(names - done)
+        if missing:
+            print(f"meta-train: {len(missing)} training tasks have no teacher and are left out: {missing[:5]}...")
+        names &= done
+    keep = pa.array(sorted(names), pa.string())
+    import pyarrow.compute as pc
+
+    return train.filter(pc.is_in(train.column("task"), value_set=keep))
+
+
+def _fit_stage(cfg: TagiConfig, run: RunDir, stage: str, base: Path, data: pa.Table, instructions: list[str],
+               init: Path | None, teacher_tasks: list[str]) -> Path:
+    """One stage as a TorchTrainer run; returns the exported standalone checkpoint."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    out = run.root / "meta" / stage
+    if (out / HYPERNET_FILE).is_file():
+        print(f"meta-train: stage {stage} already complete ({out})")
+        return out
+    connect(cfg.ray.address)
+    resources = {"CPU": cfg.ray.cpus_per_worker}
+    if cfg.ray.use_gpu:
+        resources["GPU"] = cfg.ray.gpus_per_worker or 1.0
+    trainer = TorchTrainer(
+        meta_worker_loop,
+        train_loop_config={"cfg": cfg.to_dict(), "stage": stage, "base": str(base),
+                           "init_hypernet": str(init) if init else None, "instructions": instructions,
+                           "teachers_dir": str(run.teachers), "teacher_tasks": teacher_tasks,
+                           "log_dir": str(run.root / "meta" / f"{stage}_log")},
+        datasets={"train": ray.data.from_arrow(data)},
+        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=f"meta-{stage}",  # stable: a resubmitted job resumes this run
+                             storage_path=storage_path(cfg.ray.storage_path, str(run.ray_storage)),
+                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        tmp = out.with_name(f".{stage}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(Path(d) / EXPORT_DIR, tmp)
+        tmp.rename(out)
+    return out
+
+
+def run_meta_training(cfg: TagiConfig, run: RunDir, exclude_tasks: set[str] = frozenset()) -> Path:
+    """Both stages; writes and returns the final checkpoint `<run>/hypernet/`."""
+    table = ensure_data(cfg, run)
+    base = ensure_base(cfg, run, table)
+    rng = random.Random(cfg.train.seed)
+    stage1 = None
+    if cfg.train.pretrain_steps:
+        texts = texts_from_corpus(cfg.train.pretrain_corpus) if cfg.train.pretrain_corpus else texts_from_table(table)
+        stats_from = [e.instruction for e in split_texts(rng.sample(texts, min(512, len(texts))), rng)]
+        stage1 = _fit_stage(cfg, run, "pretrain", base, pa.table({"text": texts}), stats_from, None, [])
+    tasks = meta_training_tasks(cfg, table, run, exclude_tasks)
+    names = sorted(set(tasks.column("task").to_pylist()))
+    instructions = [e.instruction for e in table_examples(tasks, parse_prompt_format(cfg.data.prompt))]
+    final = _fit_stage(cfg, run, "meta", base, tasks, instructions, stage1, names if uses_teachers(cfg) else [])
+    if not (run.hypernet / HYPERNET_FILE).is_file() or run.hypernet.resolve() != final.resolve():
+        shutil.rmtree(run.hypernet, ignore_errors=True)
+        shutil.copytree(final, run.hypernet)
+    print(f"meta-train: checkpoint -> {run.hypernet}")
+    return run.hypernet
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=None)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", default=None, help="run directory (default: train.out_dir)")
+    p.add_argument("--address", default="", help="Ray address (default: RAY_ADDRESS or a local cluster)")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    cfg.ray.address = args.address or cfg.ray.address
+    run = RunDir.of(cfg, args.out)
+    record_config(cfg, run)
+    run_meta_training(cfg, run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

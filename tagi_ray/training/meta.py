@@ -1,0 +1,217 @@
+"""Meta-training the hypernetwork with DeepSpeed, one Ray Train worker per rank.
+
+Two stages share this loop:
+- "pretrain": plain text split in three (first part -> hypernetwork, middle -> input, rest ->
+  target), L_ce only;
+- "meta": training tasks, L = L_ce + lambda_kl * L_kl + lambda_ins * L_ins against the teacher
+  bank (teacher logits recomputed through the batched LoRA on the same batch).
+
+Checkpoints are DeepSpeed's: every rank saves its shard into one directory, then every rank
+calls `ray.train.report(metrics, checkpoint=...)`; a restarted worker group resumes from
+`ray.train.get_checkpoint()`. Rank 0 also appends each optimizer step to `steps.jsonl` (the
+training curve, and evidence of which steps ran) and, at the end, writes a standalone TAGI
+checkpoint (no DeepSpeed needed to load it) into the final Ray checkpoint under `export/`.
+"""
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from tagi_ray.checkpoint import HYPERNET_FILE, save_checkpoint
+from tagi_ray.config import LossConfig, TagiConfig, config_from_dict
+from tagi_ray.data.prompts import parse_prompt_format
+from tagi_ray.inference import fit_hypernet_input_stats
+from tagi_ray.lora import LoraWeights
+from tagi_ray.models.base import load_pretrained
+from tagi_ray.tagi import TagiModel
+from tagi_ray.training.deepspeed_setup import ds_config, skip_shm_build
+from tagi_ray.training.examples import Example, table_examples
+from tagi_ray.training.loop import linear_schedule
+from tagi_ray.training.pretrain_text import split_texts
+from tagi_ray.training.steps import make_batch, tagi_step
+from tagi_ray.training.teachers import InjectedFault, _device, _world, load_teacher_bank
+
+PROGRESS_FILE = "progress.json"
+EXPORT_DIR = "export"
+STEPS_LOG = "steps.jsonl"
+
+
+class MetaObjective(torch.nn.Module):
+    """What DeepSpeed wraps: the TAGI model plus the loss; forward(examples) -> loss terms."""
+
+    def __init__(self, model: TagiModel, tokenizer, cfg: TagiConfig, loss: LossConfig,
+                 teacher: LoraWeights | None, teacher_rows: dict[str, int]):
+        super().__init__()
+        self.model, self.tokenizer, self.cfg, self.loss = model, tokenizer, cfg, loss
+        self.teacher, self.teacher_rows = teacher, teacher_rows
+
+    def forward(self, examples: list[Example]) -> dict:
+        device = next(self.model.parameters()).device
+        ids = [self.teacher_rows[e.task] for e in examples] if self.teacher is not None else None
+        batch = make_batch(self.model, self.tokenizer, examples, self.cfg.model, with_prompt=False, task_ids=ids)
+        return tagi_step(self.model, batch.to(device), self.loss, self.teacher)
+
+
+def set_trainable(model: TagiModel, layer_norms: bool) -> list[torch.nn.Parameter]:
+    """The hypernetwork (incl. its fusion projections) and, optionally, the base's layer norms."""
+    if layer_norms:
+        for name, p in model.base.named_parameters():
+            if "norm" in name.lower():
+                p.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _rows_to_examples(batch: pa.Table | dict, stage: str, num_pos: int, rng: random.Random) -> list[Example]:
+    table = batch if isinstance(batch, pa.Table) else pa.table(batch)
+    if stage == "pretrain":
+        return split_texts(table.column("text").to_pylist(), rng)
+    return table_examples(table, num_pos)
+
+
+def example_stream(shard, stage: str, batch_size: int, num_pos: int, seed: int):
+    """Endless micro-batches of Examples from this worker's Ray Data shard (or a local Arrow
+    table), reshuffled each epoch with a local buffer."""
+    rng = random.Random(seed)
+    epoch = 0
+    while True:
+        if isinstance(shard, pa.Table):
+            order = list(range(shard.num_rows))
+            rng.shuffle(order)
+            batches = (shard.take(order[i:i + batch_size]) for i in range(0, len(order), batch_size))
+        else:
+            batches = shard.iter_batches(batch_size=batch_size, batch_format="pyarrow", drop_last=True,
+                                         local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=seed + epoch)
+        produced = False
+        for batch in batches:
+            examples = _rows_to_examples(batch, stage, num_pos, rng)
+            if len(examples) == batch_size:
+                produced = True
+                yield examples
+        if not produced:
+            raise ValueError(f"{stage}: this worker's data shard holds fewer than batch_size={batch_size} rows")
+        epoch += 1
+
+
+def _restore(engine, checkpoint) -> tuple[int, bool]:
+    """Load the DeepSpeed state of a Ray checkpoint; returns (next step, restored?)."""
+    if checkpoint is None:
+        return 0, False
+    with checkpoint.as_directory() as d:
+        engine.load_checkpoint(d, tag="ds", load_module_strict=False)
+        return json.loads((Path(d) / PROGRESS_FILE).read_text())["step"], True
+
+
+def meta_worker_loop(config: dict) -> None:
+    """Ray Train worker (also runs without Ray, world size 1). `config`: {"cfg": dict,
+    "stage": "pretrain"|"meta", "base": path, "init_hypernet": path|None, "instructions": [str],
+    "teachers_dir": path|None, "teacher_tasks": [str], "log_dir": path, "data": Arrow table when
+    not under Ray (else the "train" dataset shard is used)}."""
+    import deepspeed
+
+    cfg = config_from_dict(config["cfg"])
+    stage = config["stage"]
+    rank, world, in_ray = _world()
+    device = _device(in_ray, cfg.ray.use_gpu)
+    on_gpu = device.type == "cuda"
+    if not on_gpu:
+        skip_shm_build()
+        torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
+    torch.manual_seed(cfg.train.seed)
+
+    bundle = load_pretrained(config["base"], cfg.model.dtype)
+    model = TagiModel(bundle, cfg.lora, cfg.hypernet)
+    if config.get("init_hypernet"):  # stage 2 starts from stage 1
+        model.hypernet.load_state_dict(load_file(str(Path(config["init_hypernet"]) / HYPERNET_FILE)))
+    # input standardisation from what this stage's hypernetwork reads (same on every rank)
+    fit_hypernet_input_stats(model, bundle.tokenizer, cfg.model, config["instructions"])
+    params = set_trainable(model, cfg.train.train_layer_norms)
+
+    total = cfg.train.pretrain_steps if stage == "pretrain" else cfg.train.meta_steps
+    loss_cfg = LossConfig(lambda_ce=1.0, lambda_kl=0.0, lambda_ins=0.0, temperature=cfg.loss.temperature) \
+        if stage == "pretrain" else cfg.loss
+    teacher, rows = None, {}
+    if stage == "meta" and config.get("teachers_dir") and (loss_cfg.lambda_kl > 0 or loss_cfg.lambda_ins != 0):
+        teacher, rows = load_teacher_bank(Path(config["teachers_dir"]), config["teacher_tasks"],
+                                          cfg.lora.rank, cfg.lora.alpha)
+        teacher = teacher.to(device)
+    objective = MetaObjective(model, bundle.tokenizer, cfg, loss_cfg, teacher, rows)
+    engine, _, _, _ = deepspeed.initialize(
+        model=objective, model_parameters=params, config=ds_config(cfg, total, on_gpu),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: linear_schedule(s, total, cfg.train.warmup_steps)))
+
+    checkpoint = None
+    if in_ray:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+    start, restored = _restore(engine, checkpoint)
+    shard = ray.train.get_dataset_shard("train") if in_ray else config["data"]
+    stream = example_stream(shard, stage, cfg.train.batch_size, parse_prompt_format(cfg.data.prompt),
+                            cfg.train.seed + 7919 * rank + start)
+    log = Path(config["log_dir"]) / STEPS_LOG
+    log.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(range(start, total), desc=f"{stage} rank {rank}", initial=start, total=total, disable=rank != 0,
+               dynamic_ncols=True, mininterval=2.0)
+    every = cfg.train.checkpoint_every or total
+    for step in bar:
+        t0 = time.time()
+        terms: dict[str, float] = {}
+        for _ in range(cfg.train.grad_accum):
+            out = engine(next(stream))
+            engine.backward(out["loss"])
+            engine.step()
+            for k, v in out.items():
+                terms[k] = terms.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / cfg.train.grad_accum
+        record = {"stage": stage, "step": step + 1, "lr": engine.get_lr()[0], "seconds": time.time() - t0,
+                  "restored": restored, **terms}
+        if rank == 0:
+            with log.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{terms['loss']:.3f}")
+        if (stage == "meta" and step + 1 == cfg.train.fail_at_step and not restored
+                and rank == world - 1):
+            raise InjectedFault(f"injected worker failure at {stage} step {step + 1} (train.fail_at_step)")
+        last = step + 1 == total
+        # a report syncs all workers with the controller (~1-2 s here), so metrics go to Ray
+        # with each checkpoint; every step is in steps.jsonl
+        if in_ray and ((step + 1) % every == 0 or last):
+            _save_and_report(engine, model, bundle.tokenizer, cfg, record, rank, last)
+    if not in_ray:
+        Path(config["log_dir"]).mkdir(parents=True, exist_ok=True)
+        save_checkpoint(model, bundle.tokenizer, cfg, Path(config["log_dir"]) / EXPORT_DIR)
+
+
+def _save_and_report(engine, model: TagiModel, tokenizer, cfg: TagiConfig, record: dict, rank: int, last: bool) -> None:
+    """Every rank saves its DeepSpeed shard, rank 0 the progress (and, at the end, the
+    standalone export); then every rank reports the same directory as the checkpoint."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine.save_checkpoint(tmp, tag="ds")
+        if last:
+            _gather_for_export(engine, model, cfg, tokenizer, Path(tmp) / EXPORT_DIR if rank == 0 else None)
+        if rank == 0:
+            (Path(tmp) / PROGRESS_FILE).write_text(json.dumps({"step": record["step"], "stage": record["stage"]}))
+        ray.train.report(record, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def _gather_for_export(engine, model: TagiModel, cfg: TagiConfig, tokenizer, out: Path | None) -> None:
+    """Write the standalone checkpoint from rank 0 (ZeRO-3 gathers the partitioned weights first)."""
+    if cfg.train.zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            if out is not None:
+                save_checkpoint(model, tokenizer, cfg, out)
+    elif out is not None:
+        save_checkpoint(model, tokenizer, cfg, out)
