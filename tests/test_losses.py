@@ -59,3 +59,32 @@ def test_terms_switch_off_and_gradients_flow_to_generated_weights():
     only_ins = tagi_loss(LossConfig(lambda_ce=0.0, lambda_kl=0.0, lambda_ins=1.0), s, labels, None, g, weights(1))
     only_ins.total.backward()
     assert g.A["m"].grad is not None and g.A["m"].grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("off,gone", [({"lambda_kl": 0.0}, "loss_kl"), ({"lambda_ins": 0.0}, "loss_ins")])
+def test_zero_lambda_removes_the_term_from_a_training_step(off, gone):
+    """tagi_step with a teacher bank: a zero weight drops the term from the loss and the logs."""
+    import dataclasses
+
+    from tagi_ray.config import LoraConfig, HypernetConfig, LossConfig, ModelConfig
+    from tagi_ray.lora import LoraBank
+    from tagi_ray.models.base import build_tiny
+    from tagi_ray.tagi import TagiModel
+    from tagi_ray.training.examples import Example
+    from tagi_ray.training.steps import make_batch, tagi_step
+
+    mcfg = ModelConfig(d_model=32, num_layers=1, num_heads=2, d_ff=64)
+    model = TagiModel(build_tiny(mcfg, "t5"), LoraConfig(rank=4), HypernetConfig(hidden_dim=32))
+    examples = [Example("t", "c", str(i), f"say {w}", f"input {i}", w, (w,)) for i, w in enumerate(["yes", "no"])]
+    batch = make_batch(model, model_tok(mcfg), examples, mcfg, with_prompt=False, task_ids=[0, 1])
+    teacher = LoraBank(model.targets, 2, 4, seed=1).weights().detach()
+    full = tagi_step(model, batch, LossConfig(), teacher)
+    assert {"loss_ce", "loss_kl", "loss_ins"} <= set(full)
+    part = tagi_step(model, batch, dataclasses.replace(LossConfig(), **off), teacher)
+    assert gone not in part and float(part["loss"]) < float(full["loss"])
+
+
+def model_tok(mcfg):
+    from tagi_ray.models.base import load_tokenizer
+
+    return load_tokenizer(mcfg.tokenizer)
