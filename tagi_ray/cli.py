@@ -17,6 +17,7 @@ NOT_IMPLEMENTED_EXIT = 2
 JOB_COMMANDS = {
     "teachers": ("jobs.train_teachers", "train one LoRA teacher per training task (Ray Train)"),
     "meta-train": ("jobs.meta_train", "meta-train the hypernetwork, both stages (Ray Train + DeepSpeed)"),
+    "pipeline": ("jobs.pipeline", "data -> teachers -> meta-training -> evaluation -> report, resumable"),
     "eval": ("jobs.evaluate", "evaluate a checkpoint on held-out tasks; metrics.json + report.md"),
 }
 
