@@ -18,6 +18,7 @@ JOB_COMMANDS = {
     "teachers": ("jobs.train_teachers", "train one LoRA teacher per training task (Ray Train)"),
     "meta-train": ("jobs.meta_train", "meta-train the hypernetwork, both stages (Ray Train + DeepSpeed)"),
     "pipeline": ("jobs.pipeline", "data -> teachers -> meta-training -> evaluation -> report, resumable"),
+    "serve": ("serve.main", "serve adapter generation + inference over HTTP (Ray Serve)"),
     "eval": ("jobs.evaluate", "evaluate a checkpoint on held-out tasks; metrics.json + report.md"),
 }
 
@@ -99,7 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"{text} (= python {module.replace('.', '/')}.py)", add_help=False)
     for name, text in [
         ("tune", "Ray Tune sweep over loss weights, rank and lr"),
-        ("serve", "serve adapter generation + inference (Ray Serve)"),
     ]:
         p = sub.add_parser(name, help=f"{text} [not implemented yet]")
         _add_config_args(p)

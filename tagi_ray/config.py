@@ -147,6 +147,25 @@ class RayConfig:
 
 
 @dataclass
+class ServeConfig:
+    """Ray Serve: HTTP binding, adapter caches, cross-adapter batching and request limits.
+    A request beyond a limit gets a 4xx naming the field; replicas and resources per deployment
+    live in serve/config.yaml (Ray Serve's own format)."""
+
+    host: str = "127.0.0.1"  # loopback unless configured
+    port: int = field(default=8000, metadata=_min(1))
+    adapter_cache_size: int = field(default=256, metadata=_min(1))  # adapters per replica (LRU)
+    max_batch_size: int = field(default=32, metadata=_min(1))  # instances per forward, across adapters
+    batch_wait_timeout_s: float = field(default=0.01, metadata=_min(0))
+    default_max_new_tokens: int = field(default=32, metadata=_min(1))
+    max_new_tokens_limit: int = field(default=128, metadata=_min(1))
+    max_instruction_chars: int = field(default=8192, metadata=_min(1))
+    max_examples: int = field(default=8, metadata=_min(0))
+    max_inputs: int = field(default=64, metadata=_min(1))  # inputs per request
+    max_input_chars: int = field(default=4096, metadata=_min(1))
+
+
+@dataclass
 class TagiConfig:
     """The whole config: one section per concern."""
 
@@ -158,6 +177,7 @@ class TagiConfig:
     teachers: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=DataConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -257,6 +277,9 @@ def _validate_section(obj: Any, prefix: str) -> None:
             raise ConfigError(f"{prefix}.prompt: {exc}") from None
         if obj.val_fraction >= 1:
             raise ConfigError(f"{prefix}.val_fraction: {obj.val_fraction!r} must be < 1")
+    if isinstance(obj, ServeConfig) and obj.default_max_new_tokens > obj.max_new_tokens_limit:
+        raise ConfigError(f"{prefix}.default_max_new_tokens: {obj.default_max_new_tokens} exceeds "
+                          f"max_new_tokens_limit={obj.max_new_tokens_limit}")
     if isinstance(obj, LoraConfig) and not obj.target_modules:
         raise ConfigError(f"{prefix}.target_modules: must name at least one module")
     if isinstance(obj, ModelConfig) and obj.d_model % obj.num_heads:

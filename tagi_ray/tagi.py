@@ -43,6 +43,31 @@ class Instruction:
         past = None if self.past is None else tuple((k[index], v[index]) for k, v in self.past)
         return Instruction(self.states[index], self.mask[index], self.pooled[index], past)
 
+    @staticmethod
+    def cat(items: list[Instruction]) -> Instruction:
+        """Stack encoded instructions of different lengths (right-padded, mask 0 on the padding)."""
+        width = max(x.states.shape[1] for x in items)
+
+        def right_pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+            extra = width - t.shape[dim]
+            if not extra:
+                return t
+            shape = list(t.shape)
+            shape[dim] = extra
+            return torch.cat([t, t.new_zeros(shape)], dim=dim)
+
+        past = None
+        if items[0].past is not None:
+            past = tuple((torch.cat([right_pad(x.past[i][0], 2) for x in items]),
+                          torch.cat([right_pad(x.past[i][1], 2) for x in items])) for i in range(len(items[0].past)))
+        return Instruction(torch.cat([right_pad(x.states, 1) for x in items]),
+                           torch.cat([right_pad(x.mask, 1) for x in items]),
+                           torch.cat([x.pooled for x in items]), past)
+
+    def to(self, device) -> Instruction:
+        past = None if self.past is None else tuple((k.to(device), v.to(device)) for k, v in self.past)
+        return Instruction(self.states.to(device), self.mask.to(device), self.pooled.to(device), past)
+
     def for_batch(self, index: torch.Tensor | None, batch: int) -> Instruction:
         """Row i = the instruction of example i (index None: one for all, or one per example)."""
         if index is None:

@@ -15,7 +15,7 @@ def test_help_lists_every_subcommand():
         assert name in out.stdout
 
 
-@pytest.mark.parametrize("name", ["tune", "serve"])
+@pytest.mark.parametrize("name", ["tune"])
 def test_unfilled_subcommands_exit_2(name, capsys):
     assert main([name]) == 2
     assert "not implemented yet" in capsys.readouterr().err

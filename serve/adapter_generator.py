@@ -1,0 +1,79 @@
+"""AdapterGenerator deployment: instruction (+ examples) -> adapter, encoded once, LRU-cached."""
+from __future__ import annotations
+
+import asyncio
+import io
+import tarfile
+import tempfile
+from pathlib import Path
+
+from ray import serve
+
+from serve.loading import load_for_serving
+from tagi_ray.adapters import export_peft
+from tagi_ray.serving import AdapterEntry, AdapterFactory, LruCache, checkpoint_hash
+
+
+@serve.deployment(max_ongoing_requests=64)
+class AdapterGenerator:
+    def __init__(self, checkpoint: str, serve_overrides: dict | None = None):
+        self.checkpoint = str(Path(checkpoint).resolve())
+        self.model, self.tokenizer, self.cfg = load_for_serving(self.checkpoint, serve_overrides)
+        self.factory = AdapterFactory(self.model, self.tokenizer, self.cfg, checkpoint_hash(self.checkpoint))
+        self.cache = LruCache(self.cfg.serve.adapter_cache_size)
+        # id -> request, kept (small strings) beyond the tensor cache so an evicted adapter can be rebuilt
+        self.requests = LruCache(self.cfg.serve.adapter_cache_size * 64)
+        self.generated = 0
+        self._lock = asyncio.Lock()
+
+    def _meta(self, entry: AdapterEntry, cached: bool) -> dict:
+        return {"adapter_id": entry.adapter_id, "rank": self.cfg.lora.rank, "alpha": self.cfg.lora.alpha,
+                "modules": entry.weights.names, "instruction_tokens": entry.instruction_tokens,
+                "bytes": entry.nbytes(), "cached": cached}
+
+    async def _get_or_create(self, instruction: str, examples: list[dict]) -> tuple[AdapterEntry, bool]:
+        aid = self.factory.adapter_id(instruction, examples)
+        entry = self.cache.get(aid)
+        if entry is not None:
+            return entry, True
+        async with self._lock:  # one hypernetwork pass at a time; a concurrent twin waits and hits
+            entry = self.cache.get(aid)
+            if entry is not None:
+                return entry, True
+            entry = await asyncio.to_thread(self.factory.create, instruction, examples)
+            self.generated += 1
+            self.cache.put(aid, entry)
+            self.requests.put(aid, (instruction, examples))
+            return entry, False
+
+    async def create(self, instruction: str, examples: list[dict]) -> dict:
+        """Generate (or find) the adapter; returns its metadata."""
+        entry, cached = await self._get_or_create(instruction, examples)
+        return self._meta(entry, cached)
+
+    async def get(self, adapter_id: str) -> AdapterEntry | None:
+        """The adapter's tensors (rebuilt if evicted); None for an id never created here."""
+        entry = self.cache.get(adapter_id)
+        if entry is None and adapter_id in self.requests:
+            entry, _ = await self._get_or_create(*self.requests.get(adapter_id))
+        return entry
+
+    async def info(self, adapter_id: str) -> dict | None:
+        entry = await self.get(adapter_id)
+        return None if entry is None else self._meta(entry, True)
+
+    async def peft_archive(self, adapter_id: str) -> bytes | None:
+        """The adapter as a .tar.gz of a PEFT directory (adapter_config.json + safetensors)."""
+        entry = await self.get(adapter_id)
+        if entry is None:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            out = export_peft(entry.weights, self.model.targets, self.cfg.lora.rank, self.cfg.lora.alpha,
+                              self.model.arch, str(Path(self.checkpoint) / "base"), Path(tmp) / adapter_id)
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+                tar.add(out, arcname=adapter_id)
+        return buf.getvalue()
+
+    def stats(self) -> dict:
+        return {"generated": self.generated, "cache": self.cache.stats()}

@@ -1,0 +1,142 @@
+"""Serving primitives without Ray: adapter ids, an LRU cache, adapter creation, and one greedy
+generation over requests that carry *different* adapters (the batched-LoRA mechanism).
+
+    factory = AdapterFactory(model, tokenizer, cfg, checkpoint_hash(ckpt))
+    entry = factory.create("Reverse the words.", examples=[{"input": .., "output": ..}])
+    outputs = generate_mixed(model, tokenizer, cfg, [entry_a, entry_b], ["in a", "in b"], [16, 16])
+
+Ray Serve's deployments (serve/) are thin wrappers around these.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tagi_ray.batching import instruction_batch, prompt_batch
+from tagi_ray.config import TagiConfig
+from tagi_ray.data.prompts import instance_text, instruction_text
+from tagi_ray.lora import LoraWeights
+from tagi_ray.tagi import Instruction, TagiModel
+
+
+def checkpoint_hash(ckpt_dir: str | Path) -> str:
+    """sha256 over a checkpoint's files (config, hypernetwork, base weights and tokenizer)."""
+    h = hashlib.sha256()
+    root = Path(ckpt_dir)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(root)).encode())
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def adapter_id(ckpt_hash: str, instruction: str, examples: Sequence[Mapping[str, str]]) -> str:
+    """Content hash of (checkpoint, instruction, examples): equal requests share one adapter."""
+    payload = json.dumps({"ckpt": ckpt_hash, "instruction": instruction,
+                          "examples": [{"input": e["input"], "output": e["output"]} for e in examples]},
+                         sort_keys=True)
+    return "tagi-" + hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+@dataclass
+class AdapterEntry:
+    """One generated adapter: LoRA weights (N=1) plus the encoded instruction for fusion."""
+
+    adapter_id: str
+    weights: LoraWeights
+    instruction: Instruction
+    instruction_tokens: int
+
+    def nbytes(self) -> int:
+        ins = self.instruction.states.numel() * self.instruction.states.element_size()
+        return self.weights.nbytes() + ins
+
+
+class LruCache:
+    """A bounded mapping that evicts the least recently used entry."""
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"cache capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._items: OrderedDict = OrderedDict()
+        self.hits = self.misses = self.evictions = 0
+
+    def get(self, key):
+        if key in self._items:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return self._items[key]
+        self.misses += 1
+        return None
+
+    def put(self, key, value) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+            self.evictions += 1
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def stats(self) -> dict:
+        return {"size": len(self), "capacity": self.capacity, "hits": self.hits, "misses": self.misses,
+                "evictions": self.evictions}
+
+
+class AdapterFactory:
+    """Instruction (+ positive examples) -> AdapterEntry: the instruction is encoded once and the
+    hypernetwork runs once; the entry is what every later instance of the task reuses."""
+
+    def __init__(self, model: TagiModel, tokenizer, cfg: TagiConfig, ckpt_hash: str):
+        self.model, self.tokenizer, self.cfg, self.ckpt_hash = model, tokenizer, cfg, ckpt_hash
+
+    def adapter_id(self, instruction: str, examples: Sequence[Mapping[str, str]] = ()) -> str:
+        return adapter_id(self.ckpt_hash, instruction, examples)
+
+    @torch.no_grad()
+    def create(self, instruction: str, examples: Sequence[Mapping[str, str]] = ()) -> AdapterEntry:
+        text = instruction_text(instruction, list(examples), len(examples))
+        ids, mask, _ = instruction_batch(self.tokenizer, self.model.is_encoder_decoder, [text],
+                                         self.cfg.model.max_instruction_length)
+        device = next(self.model.parameters()).device
+        encoded = self.model.encode_instruction(ids.to(device), mask.to(device))
+        weights = self.model.generate_adapter(encoded)
+        return AdapterEntry(self.adapter_id(instruction, examples), weights.detach().to("cpu"), encoded.to("cpu"),
+                            int(mask.sum()))
+
+
+@torch.no_grad()
+def generate_mixed(model: TagiModel, tokenizer, cfg: TagiConfig, entries: Sequence[AdapterEntry],
+                   inputs: Sequence[str], max_new_tokens: Sequence[int]) -> list[str]:
+    """Greedy answers for instances that each carry their own adapter, in ONE batched generation:
+    distinct adapters are stacked, every instance gathers its own row (no loop over adapters).
+    `entries[i]` is instance i's adapter; each output is cut at its own max_new_tokens."""
+    if not (len(entries) == len(inputs) == len(max_new_tokens)):
+        raise ValueError("entries, inputs and max_new_tokens must have the same length")
+    device = next(model.parameters()).device
+    rows: dict[str, int] = {}
+    uniq: list[AdapterEntry] = []
+    for e in entries:
+        if e.adapter_id not in rows:
+            rows[e.adapter_id] = len(uniq)
+            uniq.append(e)
+    index = torch.tensor([rows[e.adapter_id] for e in entries], dtype=torch.long, device=device)
+    weights = LoraWeights.cat([e.weights for e in uniq]).to(device)
+    instruction = Instruction.cat([e.instruction for e in uniq]).to(device)
+    ids, mask = prompt_batch(tokenizer, model.is_encoder_decoder, [instance_text(x) for x in inputs],
+                             cfg.model.max_source_length)
+    tokens = model.generate(ids.to(device), mask.to(device), weights, index, instruction,
+                            max_new_tokens=max(max_new_tokens))
+    return tokenizer.batch_decode([t[:n] for t, n in zip(tokens, max_new_tokens)], skip_special_tokens=True)

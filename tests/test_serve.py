@@ -1,0 +1,205 @@
+"""Ray Serve app over real HTTP on loopback: adapters, generation equal to the library's,
+PEFT archives, the OpenAI client, input validation, and cross-adapter batching."""
+from __future__ import annotations
+
+import io
+import json
+import socket
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import torch
+
+from tagi_ray.batching import instruction_batch
+from tagi_ray.checkpoint import load_checkpoint, save_checkpoint
+from tagi_ray.data.prompts import instance_text, instruction_text
+from tagi_ray.inference import generate_with_instructions
+from tagi_ray.run_dir import RunDir, ensure_data
+from tagi_ray.training.local import train_local
+from tests.conftest import tiny_test_config
+
+TASKS = [
+    ("Reverse the order of the words.", [{"input": "a b c", "output": "c b a"}]),
+    ("Count the words in the input.", []),
+    ("Write the first word of the input.", [{"input": "x y", "output": "x"}, {"input": "p q r", "output": "p"}]),
+    ("Answer yes if the input contains the word cat, else no.", []),
+]
+INPUTS = ["red green blue", "one two", "the cat sat on the mat", "alpha"]
+MAX_NEW = 12
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny TAGI checkpoint, trained briefly in-process (no Ray)."""
+    root = tmp_path_factory.mktemp("serve_ckpt")
+    cfg = tiny_test_config()
+    table = ensure_data(cfg, RunDir(root / "run"))
+    run = train_local(cfg, table, prompt_steps=10, hypernet_steps=10)
+    return save_checkpoint(run.model, run.tokenizer, cfg, root / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, checkpoint):
+    from ray import serve
+
+    from serve.main import start
+
+    url = start(str(checkpoint), "127.0.0.1", _free_port(), overrides={"batch_wait_timeout_s": 0.2, "max_inputs": 8},
+                num_cpus=0.25)
+    yield url
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def library(checkpoint):
+    model, tokenizer, cfg = load_checkpoint(checkpoint)
+
+    def answers(definition: str, examples: list[dict], inputs: list[str], max_new: int = MAX_NEW) -> list[str]:
+        text = instruction_text(definition, examples, len(examples))
+        return generate_with_instructions(model, tokenizer, cfg.model, [text] * len(inputs),
+                                          [instance_text(x) for x in inputs], max_new)
+
+    return model, tokenizer, cfg, answers
+
+
+def _post(url: str, path: str, body) -> requests.Response:
+    return requests.post(url + path, json=body, timeout=60)
+
+
+def test_adapter_generate_peft_and_completions(server, library, tmp_path):
+    model, tokenizer, cfg, answers = library
+    definition, examples = TASKS[2]
+    created = _post(server, "/v1/adapters", {"instruction": definition, "examples": examples}).json()
+    assert created["cached"] is False and created["rank"] == cfg.lora.rank
+    assert sorted(created["modules"]) == sorted(t.name for t in model.targets)
+    again = _post(server, "/v1/adapters", {"instruction": definition, "examples": examples}).json()
+    assert again["adapter_id"] == created["adapter_id"] and again["cached"] is True
+    aid = created["adapter_id"]
+    assert requests.get(f"{server}/v1/adapters/{aid}", timeout=30).json()["adapter_id"] == aid
+
+    expected = answers(definition, examples, INPUTS)
+    by_id = _post(server, "/v1/generate", {"adapter_id": aid, "inputs": INPUTS, "max_new_tokens": MAX_NEW}).json()
+    assert by_id == {"adapter_id": aid, "outputs": expected}
+    by_instruction = _post(server, "/v1/generate", {"instruction": definition, "examples": examples,
+                                                    "inputs": INPUTS, "max_new_tokens": MAX_NEW}).json()
+    assert by_instruction == by_id
+
+    # the PEFT archive loads with peft and holds exactly the generated adapter
+    import peft
+    from safetensors.torch import load_file
+
+    archive = requests.get(f"{server}/v1/adapters/{aid}/peft", timeout=30)
+    assert archive.status_code == 200 and archive.headers["content-type"] == "application/gzip"
+    with tarfile.open(fileobj=io.BytesIO(archive.content)) as tar:
+        tar.extractall(tmp_path, filter="data")
+    adapter_dir = tmp_path / aid
+    assert json.loads((adapter_dir / "adapter_config.json").read_text())["r"] == cfg.lora.rank
+    peft_model = peft.PeftModel.from_pretrained(_fresh_base(cfg, adapter_dir), str(adapter_dir))
+    ids, mask, _ = instruction_batch(tokenizer, True, [instruction_text(definition, examples, len(examples))],
+                                     cfg.model.max_instruction_length)
+    generated = model.generate_adapter(model.encode_instruction(ids, mask))
+    stored = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    name = model.targets[0].name
+    torch.testing.assert_close(stored[f"base_model.model.{name}.lora_A.weight"], generated.A[name][0])
+    loaded = dict(peft_model.named_parameters())[f"base_model.model.{name}.lora_A.default.weight"]
+    torch.testing.assert_close(loaded, generated.A[name][0])
+
+    # OpenAI-style completions, with the openai client
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="not-needed")
+    completion = client.completions.create(model=aid, prompt=INPUTS[:2], max_tokens=MAX_NEW)
+    assert [c.text for c in completion.choices] == expected[:2]
+
+
+def _fresh_base(cfg, adapter_dir):
+    from tagi_ray.models.base import load_pretrained
+
+    base_path = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    return load_pretrained(base_path, cfg.model.dtype).model
+
+
+MALFORMED = [
+    ("/v1/adapters", {}, "instruction"),
+    ("/v1/adapters", {"instruction": ""}, "instruction"),
+    ("/v1/adapters", {"instruction": "   "}, "instruction"),
+    ("/v1/adapters", {"instruction": "x" * 9000}, "instruction"),
+    ("/v1/adapters", {"instruction": 5}, "instruction"),
+    ("/v1/adapters", {"instruction": ["a"]}, "instruction"),
+    ("/v1/adapters", {"instruction": "ok", "examples": "abc"}, "examples"),
+    ("/v1/adapters", {"instruction": "ok", "examples": [{"input": "a"}]}, "output"),
+    ("/v1/adapters", {"instruction": "ok", "examples": [{"input": "a", "output": 3}]}, "output"),
+    ("/v1/adapters", {"instruction": "ok", "examples": [{"input": "a", "output": "b"}] * 9}, "examples"),
+    ("/v1/adapters", {"instruction": "ok", "unknown_field": 1}, "unknown_field"),
+    ("/v1/adapters", "not an object", "body"),
+    ("/v1/generate", {"inputs": ["a"]}, "adapter_id"),
+    ("/v1/generate", {"adapter_id": "tagi-nope", "inputs": ["a"]}, "adapter_id"),
+    ("/v1/generate", {"adapter_id": "x", "instruction": "y", "inputs": ["a"]}, "adapter_id"),
+    ("/v1/generate", {"instruction": "ok"}, "inputs"),
+    ("/v1/generate", {"instruction": "ok", "inputs": []}, "inputs"),
+    ("/v1/generate", {"instruction": "ok", "inputs": "a"}, "inputs"),
+    ("/v1/generate", {"instruction": "ok", "inputs": [1, 2]}, "inputs"),
+    ("/v1/generate", {"instruction": "ok", "inputs": ["a"] * 9}, "inputs"),
+    ("/v1/generate", {"instruction": "ok", "inputs": ["x" * 5000]}, "inputs.0"),
+    ("/v1/generate", {"instruction": "ok", "inputs": ["a"], "max_new_tokens": 0}, "max_new_tokens"),
+    ("/v1/generate", {"instruction": "ok", "inputs": ["a"], "max_new_tokens": 100000}, "max_new_tokens"),
+    ("/v1/generate", {"instruction": "ok", "inputs": ["a"], "max_new_tokens": "ten"}, "max_new_tokens"),
+    ("/v1/generate", {"instruction": "ok", "inputs": ["a"], "max_new_tokens": 2.5}, "max_new_tokens"),
+    ("/v1/generate", {"instruction": "", "inputs": ["a"]}, "instruction"),
+    ("/v1/generate", {"adapter_id": "x", "examples": [{"input": "a", "output": "b"}], "inputs": ["a"]}, "examples"),
+    ("/v1/completions", {"prompt": "a"}, "model"),
+    ("/v1/completions", {"model": "tagi-nope", "prompt": "a"}, "model"),
+    ("/v1/completions", {"model": "x", "prompt": 7}, "prompt"),
+    ("/v1/completions", {"model": "x", "prompt": []}, "prompt"),
+    ("/v1/completions", {"model": "x", "prompt": "a", "max_tokens": -1}, "max_tokens"),
+    ("/v1/completions", {"model": "x", "prompt": ["a"] * 9}, "prompt"),
+]
+
+
+def test_malformed_requests_get_4xx_naming_the_field(server, library):
+    assert len(MALFORMED) >= 30
+    for path, body, field in MALFORMED:
+        if isinstance(body, str):
+            r = requests.post(server + path, data=body, headers={"content-type": "application/json"}, timeout=30)
+        else:
+            r = _post(server, path, body)
+        assert 400 <= r.status_code < 500, (path, body, r.status_code, r.text)
+        assert field.split(".")[-1] in r.text, (path, body, r.text)
+    for bad in ["/v1/adapters/tagi-nope", "/v1/adapters/tagi-nope/peft"]:
+        r = requests.get(server + bad, timeout=30)
+        assert r.status_code == 404 and "unknown adapter" in r.text
+    assert requests.get(f"{server}/healthz", timeout=30).json() == {"status": "ok"}
+    definition, examples = TASKS[0]
+    ok = _post(server, "/v1/generate", {"instruction": definition, "examples": examples, "inputs": ["a b"],
+                                        "max_new_tokens": MAX_NEW})
+    assert ok.status_code == 200 and ok.json()["outputs"] == library[3](definition, examples, ["a b"])
+
+
+def test_concurrent_requests_with_distinct_adapters_share_forward_batches(server, library):
+    answers = library[3]
+    ids = [_post(server, "/v1/adapters", {"instruction": d, "examples": e}).json()["adapter_id"] for d, e in TASKS]
+    jobs = [(t, x) for t in range(len(TASKS)) for x in INPUTS]  # 16 requests, 4 adapters
+    before = requests.get(f"{server}/v1/stats", timeout=30).json()["instance_inference"]
+
+    def call(job):
+        t, x = job
+        return _post(server, "/v1/generate", {"adapter_id": ids[t], "inputs": [x], "max_new_tokens": MAX_NEW}).json()
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(call, jobs))
+    after = requests.get(f"{server}/v1/stats", timeout=30).json()["instance_inference"]
+    batches = after["forward_batches"] - before["forward_batches"]
+    assert after["instances"] - before["instances"] == len(jobs)
+    assert batches < len(jobs), f"{len(jobs)} requests took {batches} forward batches"
+    assert after["most_adapters_in_batch"] >= 2
+    for (t, x), result in zip(jobs, results):
+        assert result["outputs"] == answers(*TASKS[t], [x]), (TASKS[t][0], x)
+    print(f"\n{len(jobs)} concurrent requests, {len(TASKS)} adapters -> {batches} forward batches "
+          f"(largest {after['largest_batch']}, up to {after['most_adapters_in_batch']} adapters in one)")
