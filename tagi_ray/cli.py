@@ -1,6 +1,7 @@
 """The `tagi` command: one subcommand per stage of the pipeline.
 
-Subcommands that are not built yet exit with status 2 and say so; none pretends to work.
+Ray jobs (teachers, meta-train, pipeline, eval, tune, serve, demo) parse their own arguments;
+config errors exit with status 2 and name the key and value.
 """
 from __future__ import annotations
 
@@ -9,17 +10,17 @@ import json
 import sys
 from pathlib import Path
 
-from tagi_ray.config import ConfigError, load_config
-
-NOT_IMPLEMENTED_EXIT = 2
+from tagi_ray.config import ConfigError
 
 # subcommands that are Ray jobs: `tagi NAME ARGS` runs `jobs/<module>.py ARGS` in this process
 JOB_COMMANDS = {
     "teachers": ("jobs.train_teachers", "train one LoRA teacher per training task (Ray Train)"),
     "meta-train": ("jobs.meta_train", "meta-train the hypernetwork, both stages (Ray Train + DeepSpeed)"),
     "pipeline": ("jobs.pipeline", "data -> teachers -> meta-training -> evaluation -> report, resumable"),
+    "demo": ("jobs.demo", "the embedded default end to end: pipeline, then Serve answers a held-out task"),
     "serve": ("serve.main", "serve adapter generation + inference over HTTP (Ray Serve)"),
     "eval": ("jobs.evaluate", "evaluate a checkpoint on held-out tasks; metrics.json + report.md"),
+    "tune": ("tune.sweep", "Ray Tune sweep over loss weights, LoRA rank and lr (ASHA on validation tasks)"),
 }
 
 
@@ -48,14 +49,6 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 1 if summary["errors"] and args.strict else 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The embedded-default run. For now: data + metrics; model stages come in later issues."""
-    from tagi_ray.demo import run_demo
-
-    cfg = load_config(args.config, args.overrides)
-    return run_demo(cfg, Path(args.out))
-
-
 def cmd_export_adapter(args: argparse.Namespace) -> int:
     """Generate the adapter for an instruction from a checkpoint; write it as a PEFT directory."""
     from tagi_ray.export_adapter import export_generated_adapter
@@ -64,14 +57,6 @@ def cmd_export_adapter(args: argparse.Namespace) -> int:
     out = export_generated_adapter(args.checkpoint, args.instruction, args.out, examples)
     print(f"wrote PEFT adapter to {out}")
     return 0
-
-
-def _not_implemented(name: str):
-    def handler(args: argparse.Namespace) -> int:
-        print(f"tagi {name}: not implemented yet", file=sys.stderr)
-        return NOT_IMPLEMENTED_EXIT
-
-    return handler
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,20 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 if any task file failed to load")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("demo", help="run the embedded default end to end (offline, CPU)")
-    _add_config_args(p)
-    p.add_argument("--out", default="runs/demo", help="run directory")
-    p.set_defaults(func=cmd_demo)
-
     for name, (module, text) in JOB_COMMANDS.items():
         # parsed by the job's own main(); listed here for `tagi --help`
         sub.add_parser(name, help=f"{text} (= python {module.replace('.', '/')}.py)", add_help=False)
-    for name, text in [
-        ("tune", "Ray Tune sweep over loss weights, rank and lr"),
-    ]:
-        p = sub.add_parser(name, help=f"{text} [not implemented yet]")
-        _add_config_args(p)
-        p.set_defaults(func=_not_implemented(name))
     p = sub.add_parser("export-adapter", help="write the adapter generated for an instruction as a PEFT directory")
     p.add_argument("--checkpoint", required=True, help="TAGI checkpoint directory")
     p.add_argument("--instruction", required=True, help="the task definition")
