@@ -17,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from shapes import LENGTHS, MODELS, random_ids, summary, tagi_model, timed  # noqa: E402
+from shapes import DEVICE, LENGTHS, MODELS, random_ids, summary, tagi_model, timed  # noqa: E402
 
 from tagi_ray.tagi import Instruction  # noqa: E402
 
@@ -40,7 +40,7 @@ def main() -> None:
                                                           instr.past))  # B distinct adapters
         ids, mask = random_ids(b, LENGTHS["instance"], seed=2)
         labels, _ = random_ids(b, args.new_tokens, seed=3)
-        distinct, single = torch.arange(b), torch.zeros(b, dtype=torch.long)
+        distinct, single = torch.arange(b, device=DEVICE), torch.zeros(b, dtype=torch.long, device=DEVICE)
         row = {"batch": b}
         for kind, fn in {
             "forward": lambda index: model(ids, mask, labels, adapters, index, instr),

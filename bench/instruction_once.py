@@ -23,7 +23,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from shapes import LENGTHS, MODELS, random_ids, summary, tagi_model, timed  # noqa: E402
+from shapes import DEVICE, LENGTHS, MODELS, random_ids, summary, tagi_model, timed  # noqa: E402
 
 
 def encoder_part(model, instr, ids, mask, fused: bool):
@@ -37,7 +37,7 @@ def encoder_part(model, instr, ids, mask, fused: bool):
                                  use_cache=True)
 
 
-BATCH = {"t5-small": 32, "smollm2-135m": 8}
+BATCH = {"t5-small": 32, "smollm2-135m": 8} if DEVICE.type == "cpu" else {"t5-small": 64, "smollm2-135m": 64}
 
 
 def run(name: str, fmt: str, n: int, batch: int, new_tokens: int) -> dict:
@@ -46,7 +46,8 @@ def run(name: str, fmt: str, n: int, batch: int, new_tokens: int) -> dict:
     t, i = LENGTHS[fmt], LENGTHS["instance"]
     instr_ids, instr_mask = random_ids(1, t, seed=1)
     inst_ids, inst_mask = random_ids(batch, i, seed=2)
-    full_ids, full_mask = torch.cat([instr_ids.expand(batch, -1), inst_ids], 1), torch.ones(batch, t + i, dtype=torch.long)
+    full_ids = torch.cat([instr_ids.expand(batch, -1), inst_ids], 1)
+    full_mask = torch.ones_like(full_ids)
     steps = n // batch
     with torch.no_grad():
         instr = model.encode_instruction(instr_ids, instr_mask)

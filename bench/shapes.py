@@ -1,5 +1,6 @@
 """Random-init models with real architectures' shapes for the benchmarks (speed does not depend
-on trained weights): t5-small and SmolLM2-135M, with TAGI's batched LoRA + hypernetwork."""
+on trained weights): t5-small and SmolLM2-135M, with TAGI's batched LoRA + hypernetwork.
+On a GPU machine everything runs there in bf16; on CPU in fp32."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForCondition
 from tagi_ray.config import HypernetConfig, LoraConfig
 from tagi_ray.models.base import BaseBundle
 from tagi_ray.tagi import TagiModel
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DTYPE = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
 
 # SNI-like lengths (tokens): instruction Def ~69, Def+2Pos ~197; instance ~44
 LENGTHS = {"def": 69, "def+2pos": 197, "instance": 44}
@@ -38,32 +42,37 @@ def smollm2_135m() -> BaseBundle:
 MODELS: dict[str, Callable[[], BaseBundle]] = {"t5-small": t5_small, "smollm2-135m": smollm2_135m}
 
 
-def tagi_model(bundle: BaseBundle, rank: int = 32, hidden: int = 512) -> TagiModel:
-    """TAGI on the bundle with the paper's LoRA (rank 32, q and v)."""
+def tagi_model(bundle: BaseBundle, rank: int = 32, hidden: int | None = None) -> TagiModel:
+    """TAGI on the bundle with the paper's LoRA (rank 32, q and v) and the default hypernetwork."""
     torch.manual_seed(0)
+    bundle.model.to(DEVICE, DTYPE)
     return TagiModel(bundle, LoraConfig(rank=rank, alpha=rank, target_modules=["q", "v"]),
-                     HypernetConfig(hidden_dim=hidden)).eval()
+                     HypernetConfig(**({"hidden_dim": hidden} if hidden else {}))).to(DEVICE, DTYPE).eval()
 
 
 def random_ids(batch: int, length: int, vocab: int = 1000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, vocab, (batch, length), generator=g)
+    ids = torch.randint(3, vocab, (batch, length), generator=g).to(DEVICE)
     return ids, torch.ones_like(ids)
 
 
 def timed(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
-    """Median seconds of `repeat` calls after `warmup` calls."""
+    """Median seconds of `repeat` calls after `warmup` calls (GPU: synchronised)."""
+    sync = torch.cuda.synchronize if DEVICE.type == "cuda" else (lambda: None)
     with torch.no_grad():
         for _ in range(warmup):
             fn()
         times = []
         for _ in range(repeat):
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
 def summary(name: str, ratio: float, goal: str, passed: bool, **extra) -> None:
     """The one-line JSON every benchmark prints last."""
-    print(json.dumps({"name": name, "ratio": round(ratio, 3), "goal": goal, "pass": bool(passed), **extra}))
+    print(json.dumps({"name": name, "ratio": round(ratio, 3), "goal": goal, "pass": bool(passed),
+                      "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu", **extra}))
