@@ -55,9 +55,21 @@ def meta_training_tasks(cfg: TagiConfig, table: pa.Table, run: RunDir, exclude: 
     return train.filter(pc.is_in(train.column("task"), value_set=keep))
 
 
+def _without_tasks(table: pa.Table, tasks: set[str]) -> pa.Table:
+    """`table` minus the rows of `tasks` (validation tasks stay unseen in both stages)."""
+    if not tasks:
+        return table
+    import pyarrow.compute as pc
+
+    return table.filter(pc.invert(pc.is_in(table.column("task"), value_set=pa.array(sorted(tasks), pa.string()))))
+
+
 def _fit_stage(cfg: TagiConfig, run: RunDir, stage: str, base: Path, data: pa.Table, instructions: list[str],
-               init: Path | None, teacher_tasks: list[str]) -> Path:
-    """One stage as a TorchTrainer run; returns the exported standalone checkpoint."""
+               init: Path | None, teacher_tasks: list[str], name: str = "meta", callbacks: list | None = None,
+               val_data: pa.Table | None = None) -> Path:
+    """One stage as a TorchTrainer run named `<name>-<stage>`; returns the exported standalone
+    checkpoint. `callbacks`: Ray Train callbacks (a sweep's TuneReportCallback); `val_data`:
+    validation rows (`val_loss` reported with every checkpoint)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -75,12 +87,13 @@ def _fit_stage(cfg: TagiConfig, run: RunDir, stage: str, base: Path, data: pa.Ta
         train_loop_config={"cfg": cfg.to_dict(), "stage": stage, "base": str(base),
                            "init_hypernet": str(init) if init else None, "instructions": instructions,
                            "teachers_dir": str(run.teachers), "teacher_tasks": teacher_tasks,
-                           "log_dir": str(run.root / "meta" / f"{stage}_log")},
+                           "log_dir": str(run.root / "meta" / f"{stage}_log"), "val_data": val_data},
         datasets={"train": ray.data.from_arrow(data)},
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker=resources),
-        run_config=RunConfig(name=f"meta-{stage}",  # stable: a resubmitted job resumes this run
+        run_config=RunConfig(name=f"{name}-{stage}",  # stable: a resubmitted job resumes this run
                              storage_path=storage_path(cfg.ray.storage_path, str(run.ray_storage)),
+                             callbacks=callbacks or [],
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
@@ -93,20 +106,25 @@ def _fit_stage(cfg: TagiConfig, run: RunDir, stage: str, base: Path, data: pa.Ta
     return out
 
 
-def run_meta_training(cfg: TagiConfig, run: RunDir, exclude_tasks: set[str] = frozenset()) -> Path:
-    """Both stages; writes and returns the final checkpoint `<run>/hypernet/`."""
+def run_meta_training(cfg: TagiConfig, run: RunDir, exclude_tasks: set[str] = frozenset(),
+                      val_data: pa.Table | None = None, callbacks: list | None = None, name: str = "meta") -> Path:
+    """Both stages; writes and returns the final checkpoint `<run>/hypernet/`. `exclude_tasks`
+    (validation tasks) are left out of training; `val_data` and `callbacks` go to stage 2 only
+    (a sweep trial: validation loss to Ray Tune); `name` prefixes the Ray Train run names."""
     table = ensure_data(cfg, run)
     base = ensure_base(cfg, run, table)
     rng = random.Random(cfg.train.seed)
     stage1 = None
     if cfg.train.pretrain_steps:
-        texts = texts_from_corpus(cfg.train.pretrain_corpus) if cfg.train.pretrain_corpus else texts_from_table(table)
+        texts = texts_from_corpus(cfg.train.pretrain_corpus) if cfg.train.pretrain_corpus \
+            else texts_from_table(_without_tasks(table, exclude_tasks))
         stats_from = [e.instruction for e in split_texts(rng.sample(texts, min(512, len(texts))), rng)]
-        stage1 = _fit_stage(cfg, run, "pretrain", base, pa.table({"text": texts}), stats_from, None, [])
+        stage1 = _fit_stage(cfg, run, "pretrain", base, pa.table({"text": texts}), stats_from, None, [], name)
     tasks = meta_training_tasks(cfg, table, run, exclude_tasks)
     names = sorted(set(tasks.column("task").to_pylist()))
     instructions = [e.instruction for e in table_examples(tasks, parse_prompt_format(cfg.data.prompt))]
-    final = _fit_stage(cfg, run, "meta", base, tasks, instructions, stage1, names if uses_teachers(cfg) else [])
+    final = _fit_stage(cfg, run, "meta", base, tasks, instructions, stage1, names if uses_teachers(cfg) else [],
+                       name, callbacks, val_data)
     if not (run.hypernet / HYPERNET_FILE).is_file() or run.hypernet.resolve() != final.resolve():
         shutil.rmtree(run.hypernet, ignore_errors=True)
         shutil.copytree(final, run.hypernet)

@@ -166,6 +166,28 @@ class ServeConfig:
 
 
 @dataclass
+class TuneConfig:
+    """Ray Tune sweeps (`tagi tune`): trials, their resources, ASHA, validation tasks. The search
+    space itself is a space YAML (tune/spaces/*.yaml), which may also set any config section.
+    Each trial meta-trains with `workers_per_trial` Ray Train workers; validation loss
+    (`val_loss`, L_ce of generated adapters on validation tasks) is reported every
+    `train.checkpoint_every` meta steps, and ASHA stops weak trials at those reports."""
+
+    name: str = ""  # experiment name ("" = the space file's stem); <run>/ray/<name>, <run>/sweeps/<name>
+    num_samples: int = field(default=1, metadata=_min(1))  # samples of the space (each grid combination)
+    search: str = field(default="random", metadata=_choices("random", "optuna"))  # optuna: if installed
+    seed: int = 0  # the search algorithm's seed
+    max_concurrent_trials: int = field(default=2, metadata=_min(0))  # 0 = as many as the cluster fits
+    workers_per_trial: int = field(default=1, metadata=_min(1))  # ray.num_workers inside a trial
+    cpus_per_worker: float = field(default=0.9, metadata=_min(0))  # ray.cpus_per_worker inside a trial
+    driver_cpus: float = field(default=0.1, metadata=_min(0, exclusive=True))  # the trial function itself
+    grace_period: int = field(default=0, metadata=_min(0))  # meta steps before ASHA may stop (0 = checkpoint_every)
+    reduction_factor: float = field(default=2.0, metadata=_min(1, exclusive=True))
+    val_tasks: list[str] = field(default_factory=list)  # [] = a seeded data.val_fraction of the training tasks
+    val_instances: int = field(default=8, metadata=_min(1))  # instances per validation task in val_loss
+
+
+@dataclass
 class TagiConfig:
     """The whole config: one section per concern."""
 
@@ -178,6 +200,7 @@ class TagiConfig:
     data: DataConfig = field(default_factory=DataConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

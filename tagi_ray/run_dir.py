@@ -6,6 +6,8 @@
     <run>/base/                  the frozen base (after the optional prompt warm-up)
     <run>/teachers/<task>/       one PEFT adapter per training task (+ teacher.json)
     <run>/teachers/manifest.jsonl
+    <run>/teachers_r<R>/         teachers of another LoRA rank R (a sweep over lora.rank)
+    <run>/sweeps/<name>/         a Tune sweep's results, best.yaml, plot and trials/<id>/ run dirs
     <run>/hypernet/              the TAGI checkpoint (config + base + hypernet.safetensors)
     <run>/ray/                   Ray Train / Tune storage (checkpoints, results)
 """

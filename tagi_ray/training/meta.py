@@ -11,6 +11,10 @@ calls `ray.train.report(metrics, checkpoint=...)`; a restarted worker group resu
 `ray.train.get_checkpoint()`. Rank 0 also appends each optimizer step to `steps.jsonl` (the
 training curve, and evidence of which steps ran) and, at the end, writes a standalone TAGI
 checkpoint (no DeepSpeed needed to load it) into the final Ray checkpoint under `export/`.
+
+With validation rows ("val_data", tasks split off the training tasks), stage "meta" also
+computes `val_loss` (L_ce of the generated adapters on them) at every checkpoint and adds it to
+the step's record: it goes to steps.jsonl and with the report to Ray (Ray Tune's ASHA reads it).
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ from tagi_ray.training.loop import linear_schedule
 from tagi_ray.training.pretrain_text import split_texts
 from tagi_ray.training.steps import make_batch, tagi_step
 from tagi_ray.training.teachers import InjectedFault, _device, _world, load_teacher_bank
+from tagi_ray.training.validation import validation_batches, validation_loss
 
 PROGRESS_FILE = "progress.json"
 EXPORT_DIR = "export"
@@ -53,11 +58,14 @@ class MetaObjective(torch.nn.Module):
         self.model, self.tokenizer, self.cfg, self.loss = model, tokenizer, cfg, loss
         self.teacher, self.teacher_rows = teacher, teacher_rows
 
-    def forward(self, examples: list[Example]) -> dict:
+    def forward(self, examples: list[Example], ce_only: bool = False) -> dict:
+        """`ce_only`: L_ce alone, no teacher (validation tasks have none)."""
         device = next(self.model.parameters()).device
-        ids = [self.teacher_rows[e.task] for e in examples] if self.teacher is not None else None
+        teacher = None if ce_only else self.teacher
+        loss = LossConfig(lambda_ce=1.0, lambda_kl=0.0, lambda_ins=0.0) if ce_only else self.loss
+        ids = [self.teacher_rows[e.task] for e in examples] if teacher is not None else None
         batch = make_batch(self.model, self.tokenizer, examples, self.cfg.model, with_prompt=False, task_ids=ids)
-        return tagi_step(self.model, batch.to(device), self.loss, self.teacher)
+        return tagi_step(self.model, batch.to(device), loss, teacher)
 
 
 def set_trainable(model: TagiModel, layer_norms: bool) -> list[torch.nn.Parameter]:
@@ -113,7 +121,8 @@ def meta_worker_loop(config: dict) -> None:
     """Ray Train worker (also runs without Ray, world size 1). `config`: {"cfg": dict,
     "stage": "pretrain"|"meta", "base": path, "init_hypernet": path|None, "instructions": [str],
     "teachers_dir": path|None, "teacher_tasks": [str], "log_dir": path, "data": Arrow table when
-    not under Ray (else the "train" dataset shard is used)}."""
+    not under Ray (else the "train" dataset shard is used), optional "val_data": Arrow table of
+    validation rows (stage "meta": `val_loss` at every checkpoint)}."""
     import deepspeed
 
     cfg = config_from_dict(config["cfg"])
@@ -155,13 +164,15 @@ def meta_worker_loop(config: dict) -> None:
         checkpoint = ray.train.get_checkpoint()
     start, restored = _restore(engine, checkpoint)
     shard = ray.train.get_dataset_shard("train") if in_ray else config["data"]
-    stream = example_stream(shard, stage, cfg.train.batch_size, parse_prompt_format(cfg.data.prompt),
-                            cfg.train.seed + 7919 * rank + start)
+    num_pos = parse_prompt_format(cfg.data.prompt)
+    stream = example_stream(shard, stage, cfg.train.batch_size, num_pos, cfg.train.seed + 7919 * rank + start)
     log = Path(config["log_dir"]) / STEPS_LOG
     log.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(range(start, total), desc=f"{stage} rank {rank}", initial=start, total=total, disable=rank != 0,
                dynamic_ncols=True, mininterval=2.0)
     every = cfg.train.checkpoint_every or total
+    val_batches = validation_batches(config["val_data"], num_pos, cfg.train.batch_size) \
+        if stage == "meta" and config.get("val_data") is not None else []
     for step in bar:
         t0 = time.time()
         terms: dict[str, float] = {}
@@ -173,6 +184,10 @@ def meta_worker_loop(config: dict) -> None:
                 terms[k] = terms.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / cfg.train.grad_accum
         record = {"stage": stage, "step": step + 1, "lr": engine.get_lr()[0], "seconds": time.time() - t0,
                   "restored": restored, **terms}
+        last = step + 1 == total
+        at_checkpoint = (step + 1) % every == 0 or last
+        if val_batches and at_checkpoint:
+            record["val_loss"] = validation_loss(lambda b: engine(b, ce_only=True), engine, val_batches)
         if rank == 0:
             with log.open("a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -180,10 +195,9 @@ def meta_worker_loop(config: dict) -> None:
         if (stage == "meta" and step + 1 == cfg.train.fail_at_step and not restored
                 and rank == world - 1):
             raise InjectedFault(f"injected worker failure at {stage} step {step + 1} (train.fail_at_step)")
-        last = step + 1 == total
         # a report syncs all workers with the controller (~1-2 s here), so metrics go to Ray
         # with each checkpoint; every step is in steps.jsonl
-        if in_ray and ((step + 1) % every == 0 or last):
+        if in_ray and at_checkpoint:
             _save_and_report(engine, model, bundle.tokenizer, cfg, record, rank, last)
     if not in_ray:
         Path(config["log_dir"]).mkdir(parents=True, exist_ok=True)
