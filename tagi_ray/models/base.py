@@ -5,6 +5,7 @@ Nothing is ever downloaded: hub names resolve only from the local Hugging Face c
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, ByT5T
 from tagi_ray.config import ModelConfig
 
 TINY_MODELS = {"tiny-t5": "t5", "tiny-llama": "llama"}
+# Named pretrained sources: model.name -> module with `load(ModelConfig) -> BaseBundle` (imported
+# on use; each may need an optional extra and raises a ModelNotFoundError naming its install).
+NAMED_MODELS = {"smollm2-135m": "tagi_ray.models.smollm2"}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -90,7 +94,8 @@ def load_pretrained(name: str, dtype: str = "float32", tokenizer: str | None = N
         hint = "a local directory" if Path(name).exists() else "a directory or a model in the local HF cache"
         raise ModelNotFoundError(
             f"base model {name!r} not found: expected {hint} (tagi-ray never downloads at run time; "
-            f"use model.name: tiny-t5 / tiny-llama, or copy the model locally). Cause: {exc}") from None
+            f"use model.name: tiny-t5 / tiny-llama / {' / '.join(NAMED_MODELS)}, or copy the model locally). "
+            f"Cause: {exc}") from None
     arch = _arch_of(config.model_type)
     cls = T5ForConditionalGeneration if arch == "t5" else AutoModelForCausalLM
     model = cls.from_pretrained(name, local_files_only=True, dtype=_DTYPES[dtype])
@@ -99,9 +104,11 @@ def load_pretrained(name: str, dtype: str = "float32", tokenizer: str | None = N
 
 
 def load_base(cfg: ModelConfig) -> BaseBundle:
-    """The base model named by the config: a tiny builder, a local path, or a cached hub id."""
+    """The base model named by the config: a tiny builder, a named source, a local path, or a cached hub id."""
     if cfg.name in TINY_MODELS:
         bundle = build_tiny(cfg)
+    elif cfg.name in NAMED_MODELS:
+        bundle = importlib.import_module(NAMED_MODELS[cfg.name]).load(cfg)
     else:
         bundle = load_pretrained(cfg.name, cfg.dtype, None if cfg.tokenizer == "byt5" else cfg.tokenizer)
     if cfg.arch != "auto" and cfg.arch != bundle.arch:
