@@ -5,8 +5,9 @@
 `BatchedLora` attaches a forward hook to each target `nn.Linear` of a frozen base model (the
 base stays an unmodified Hugging Face model: same state dict, same `save_pretrained`). Inside
 `with lora.apply(weights, index):` every hooked layer adds the update: the adapters are
-gathered by `index` and applied with two batched matmuls; no Python loop over examples. When
-the whole batch shares one adapter the exact fast path uses two plain matmuls instead.
+gathered by `index` (once per `apply` block, so greedy decoding does not re-gather at every
+step) and applied with two batched matmuls; no Python loop over examples. When the whole batch
+shares one adapter the exact fast path uses two plain matmuls instead.
 
 This one mechanism serves all users: generated adapters (meta-training), the teacher bank
 (packed teachers, `index` = task id per example), and the serving cache (stacked adapters).
@@ -33,6 +34,7 @@ class BatchedLora:
         self.scaling = alpha / rank
         self.dropout = dropout
         self._active: tuple[LoraWeights, torch.Tensor | None] | None = None
+        self._gathered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # per-example A/B of the active block
         modules = dict(model.named_modules())
         self._handles = [modules[t.name].register_forward_hook(self._hook(t.name)) for t in targets]
 
@@ -43,7 +45,13 @@ class BatchedLora:
             weights, index = self._active
             if name not in weights.A:
                 return None
-            return output + self.delta(inputs[0], weights.A[name], weights.B[name], index, module.training)
+            if index is not None:  # gather once per `apply` block, reused by every decoding step
+                if name not in self._gathered:
+                    self._gathered[name] = (weights.A[name].index_select(0, index),
+                                            weights.B[name].index_select(0, index))
+                A, B = self._gathered[name]
+                return output + self.delta(inputs[0], A, B, None, module.training)
+            return output + self.delta(inputs[0], weights.A[name], weights.B[name], None, module.training)
 
         return hook
 
@@ -73,10 +81,11 @@ class BatchedLora:
             if bool((index == index[0]).all()):
                 weights, index = weights.select(index[:1]), None
         previous, self._active = self._active, (None if weights is None else (weights, index))
+        previous_gathered, self._gathered = self._gathered, {}
         try:
             yield
         finally:
-            self._active = previous
+            self._active, self._gathered = previous, previous_gathered
 
     def remove(self) -> None:
         """Detach the hooks (the base model is left exactly as it was)."""
