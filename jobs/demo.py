@@ -9,16 +9,15 @@ answers and the evaluation table, and shuts down.
 """
 from __future__ import annotations
 
-import argparse
 import socket
 import sys
 import time
 
 import requests
 
+from jobs.job_args import job_config, job_parser
 from jobs.pipeline import run_pipeline
 from jobs.ray_session import connect
-from tagi_ray.config import load_config
 from tagi_ray.data.tables import read_table, select_split
 from tagi_ray.report import metrics_table
 from tagi_ray.run_dir import RunDir
@@ -57,13 +56,7 @@ def ask_server(url: str, adapter_request: dict, rows: list[dict], max_new_tokens
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default=None, help="YAML preset (default: configs/tiny.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", default="runs/demo", help="run directory (resumable)")
-    args = p.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    run = RunDir.of(cfg, args.out)
+    cfg, run = job_config(job_parser(__doc__.split("\n")[0], out_default="runs/demo", address=False).parse_args(argv))
     start = time.time()
 
     import ray

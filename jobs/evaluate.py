@@ -8,13 +8,13 @@ split, never seen in training or tuning.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from jobs.job_args import job_config, job_parser
 from tagi_ray.checkpoint import load_checkpoint
-from tagi_ray.config import TagiConfig, load_config
+from tagi_ray.config import TagiConfig
 from tagi_ray.evaluation import METHODS, evaluate
 from tagi_ray.plots import per_task_bars, training_curves
 from tagi_ray.report import metrics_table
@@ -70,14 +70,11 @@ def run_evaluation(cfg: TagiConfig, run: RunDir, checkpoint: Path | None = None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default=None)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", default=None, help="run directory (default: train.out_dir)")
+    p = job_parser(__doc__.split("\n")[0], address=False)
     p.add_argument("--checkpoint", default=None, help="TAGI checkpoint (default: <out>/hypernet)")
     args = p.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    run_evaluation(cfg, RunDir.of(cfg, args.out), Path(args.checkpoint) if args.checkpoint else None)
+    cfg, run = job_config(args)
+    run_evaluation(cfg, run, Path(args.checkpoint) if args.checkpoint else None)
     return 0
 
 

@@ -11,7 +11,6 @@ standalone TAGI checkpoint in `<out>/hypernet/`.
 """
 from __future__ import annotations
 
-import argparse
 import random
 import shutil
 import sys
@@ -19,9 +18,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from jobs.job_args import job_config, job_parser
 from jobs.ray_session import connect, storage_path
 from tagi_ray.checkpoint import HYPERNET_FILE
-from tagi_ray.config import TagiConfig, load_config
+from tagi_ray.config import TagiConfig
 from tagi_ray.data.prompts import parse_prompt_format
 from tagi_ray.data.tables import select_split
 from tagi_ray.run_dir import RunDir, ensure_base, ensure_data, record_config
@@ -133,15 +133,7 @@ def run_meta_training(cfg: TagiConfig, run: RunDir, exclude_tasks: set[str] = fr
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default=None)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", default=None, help="run directory (default: train.out_dir)")
-    p.add_argument("--address", default="", help="Ray address (default: RAY_ADDRESS or a local cluster)")
-    args = p.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    cfg.ray.address = args.address or cfg.ray.address
-    run = RunDir.of(cfg, args.out)
+    cfg, run = job_config(job_parser(__doc__.split("\n")[0]).parse_args(argv))
     record_config(cfg, run)
     run_meta_training(cfg, run)
     return 0

@@ -7,14 +7,14 @@ stages), evaluation, report. Every step is skipped when its outputs are complete
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
+from jobs.job_args import job_config, job_parser
 from jobs.evaluate import run_evaluation
 from jobs.meta_train import run_meta_training, uses_teachers
 from jobs.train_teachers import run_teachers
-from tagi_ray.config import TagiConfig, load_config
+from tagi_ray.config import TagiConfig
 from tagi_ray.run_dir import RunDir, ensure_base, ensure_data, record_config
 
 
@@ -42,15 +42,8 @@ def run_pipeline(cfg: TagiConfig, run: RunDir) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default=None)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", default=None, help="run directory (default: train.out_dir)")
-    p.add_argument("--address", default="", help="Ray address (default: RAY_ADDRESS or a local cluster)")
-    args = p.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    cfg.ray.address = args.address or cfg.ray.address
-    run_pipeline(cfg, RunDir.of(cfg, args.out))
+    cfg, run = job_config(job_parser(__doc__.split("\n")[0]).parse_args(argv))
+    run_pipeline(cfg, run)
     return 0
 
 

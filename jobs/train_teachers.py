@@ -9,11 +9,11 @@ frozen base (`tagi_ray.training.teachers.teacher_worker_loop`). Teachers already
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-from tagi_ray.config import TagiConfig, load_config
+from jobs.job_args import job_config, job_parser
+from tagi_ray.config import TagiConfig
 from tagi_ray.run_dir import RunDir, ensure_base, ensure_data, record_config
 from tagi_ray.training.teachers import merge_manifest, pending_tasks, teacher_worker_loop
 from jobs.ray_session import connect, storage_path
@@ -60,16 +60,7 @@ def run_teachers(cfg: TagiConfig, run: RunDir) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default=None)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", default=None, help="run directory (default: train.out_dir)")
-    p.add_argument("--address", default="", help="Ray address (default: RAY_ADDRESS or a local cluster)")
-    args = p.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    if args.address:
-        cfg.ray.address = args.address
-    run = RunDir.of(cfg, args.out)
+    cfg, run = job_config(job_parser(__doc__.split("\n")[0]).parse_args(argv))
     record_config(cfg, run)
     rows = run_teachers(cfg, run)
     return 1 if any(r["status"] == "failed" for r in rows) else 0

@@ -13,15 +13,13 @@ from ray.serve import Application
 from serve.adapter_generator import AdapterGenerator
 from serve.ingress import TagiIngress
 from serve.instance_inference import InstanceInference
+from serve.loading import serve_config
 from tagi_ray.checkpoint import HYPERNET_FILE
-from tagi_ray.config import config_from_dict, load_config
 
 
 def serve_limits(checkpoint: str, overrides: dict | None = None) -> dict:
     """The checkpoint's `serve:` section with `overrides` applied (validated)."""
-    data = load_config(Path(checkpoint) / "config.yaml").to_dict()
-    data["serve"] = {**data["serve"], **(overrides or {})}
-    return config_from_dict(data).serve.__dict__
+    return serve_config(checkpoint, overrides).serve.__dict__
 
 
 def build_app(args: dict) -> Application:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from tagi_ray.batching import instruction_batch, prompt_batch
+from tagi_ray.batching import dedup, instruction_batch, prompt_batch
 from tagi_ray.config import TagiConfig
 from tagi_ray.data.prompts import instance_text, instruction_text
 from tagi_ray.lora import LoraWeights
@@ -126,15 +126,11 @@ def generate_mixed(model: TagiModel, tokenizer, cfg: TagiConfig, entries: Sequen
     if not (len(entries) == len(inputs) == len(max_new_tokens)):
         raise ValueError("entries, inputs and max_new_tokens must have the same length")
     device = next(model.parameters()).device
-    rows: dict[str, int] = {}
-    uniq: list[AdapterEntry] = []
-    for e in entries:
-        if e.adapter_id not in rows:
-            rows[e.adapter_id] = len(uniq)
-            uniq.append(e)
-    index = torch.tensor([rows[e.adapter_id] for e in entries], dtype=torch.long, device=device)
-    weights = LoraWeights.cat([e.weights for e in uniq]).to(device)
-    instruction = Instruction.cat([e.instruction for e in uniq]).to(device)
+    by_id = {e.adapter_id: e for e in entries}
+    ids, index = dedup([e.adapter_id for e in entries])
+    index = index.to(device)
+    weights = LoraWeights.cat([by_id[i].weights for i in ids]).to(device)
+    instruction = Instruction.cat([by_id[i].instruction for i in ids]).to(device)
     ids, mask = prompt_batch(tokenizer, model.is_encoder_decoder, [instance_text(x) for x in inputs],
                              cfg.model.max_source_length)
     tokens = model.generate(ids.to(device), mask.to(device), weights, index, instruction,

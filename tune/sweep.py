@@ -13,7 +13,6 @@ experiment, restored with `Tuner.restore` when the job is resubmitted) and `<out
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -21,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.job_args import job_parser
 from jobs.meta_train import uses_teachers
 from jobs.ray_session import connect, storage_path
 from tagi_ray.config import ConfigError, TagiConfig, config_from_dict, load_config
@@ -195,13 +195,9 @@ def write_outputs(cfg: TagiConfig, space: Space, results, sweep_dir: Path, name:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default=None, help="YAML preset (default: configs/tiny.yaml)")
+    p = job_parser(__doc__.split("\n")[0])
     p.add_argument("--space", required=True, help="search space YAML, e.g. tune/spaces/tiny.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", default=None, help="run directory (default: train.out_dir)")
     p.add_argument("--name", default="", help="experiment name (default: tune.name or the space file's stem)")
-    p.add_argument("--address", default="", help="Ray address (default: RAY_ADDRESS or a local cluster)")
     p.add_argument("--fresh", action="store_true", help="delete this experiment's previous results and start over")
     args = p.parse_args(argv)
     cfg, space = resolve_config(args.config, args.space, args.overrides)

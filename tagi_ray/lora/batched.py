@@ -45,13 +45,12 @@ class BatchedLora:
             weights, index = self._active
             if name not in weights.A:
                 return None
+            A, B = weights.A[name], weights.B[name]
             if index is not None:  # gather once per `apply` block, reused by every decoding step
                 if name not in self._gathered:
-                    self._gathered[name] = (weights.A[name].index_select(0, index),
-                                            weights.B[name].index_select(0, index))
+                    self._gathered[name] = (A.index_select(0, index), B.index_select(0, index))
                 A, B = self._gathered[name]
-                return output + self.delta(inputs[0], A, B, None, module.training)
-            return output + self.delta(inputs[0], weights.A[name], weights.B[name], None, module.training)
+            return output + self.delta(inputs[0], A, B, None, module.training)
 
         return hook
 
