@@ -5,8 +5,8 @@
 The batched-LoRA mechanism gathers each example's adapter and applies it with batched matmuls
 (distinct adapters) or takes the exact fast path (one adapter). Both sides run the same inputs
 (i=44 tokens, with the fused instruction states) for a teacher-forced forward and a greedy decode
-of --new-tokens tokens. Goal: distinct-adapter throughput >= 0.9 x single-adapter throughput.
-Last line: JSON summary (worst case).
+of --new-tokens tokens, the two sides' calls interleaved. Goal: distinct-adapter throughput
+>= 0.9 x single-adapter throughput. Last line: JSON summary (worst case).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from shapes import DEVICE, LENGTHS, MODELS, random_ids, summary, tagi_model, timed  # noqa: E402
+from shapes import DEVICE, LENGTHS, MODELS, random_ids, summary, tagi_model, timed_interleaved  # noqa: E402
 
 from tagi_ray.tagi import Instruction  # noqa: E402
 
@@ -46,8 +46,8 @@ def main() -> None:
             "forward": lambda index: model(ids, mask, labels, adapters, index, instr),
             "decode": lambda index: model.generate(ids, mask, adapters, index, instr, max_new_tokens=args.new_tokens),
         }.items():
-            t_single = timed(lambda: fn(single), repeat=5)
-            t_distinct = timed(lambda: fn(distinct), repeat=5)
+            t = timed_interleaved({"single": lambda: fn(single), "distinct": lambda: fn(distinct)}, repeat=5)
+            t_single, t_distinct = t["single"], t["distinct"]
             row[kind] = round(t_single / t_distinct, 3)
             row[f"{kind}_single_ms"], row[f"{kind}_distinct_ms"] = round(t_single * 1e3, 1), round(t_distinct * 1e3, 1)
             print(f"B={b:3d} {kind:8s}: one adapter {t_single * 1e3:7.1f} ms, {b} adapters {t_distinct * 1e3:7.1f} ms "

@@ -7,8 +7,9 @@ For a t5-small-shaped and a SmolLM2-135M-shaped model (random init), Def (t=69) 
 (t=197) instructions, instance i=44 tokens, same instances and batch size (t5-small: 32,
 SmolLM2: 8 — a 2-core CPU; n = batches x batch):
 - encoder/prefill part: TAGI runs the encoder (T5) or the prefill after the cached instruction
-  prefix (decoder-only) over i tokens per instance; the baseline over t+i. Reported as tokens of
-  *prompt content* per second and the measured ratio vs the theoretical (t+i)/i.
+  prefix (decoder-only) over i tokens per instance, with its generated adapter applied; the
+  baseline over t+i, no adapter. Reported as tokens of *prompt content* per second and the
+  measured ratio vs the theoretical (t+i)/i. The two sides' calls are interleaved.
 - end to end: instances/s with greedy decoding of --new-tokens tokens (TAGI includes encoding
   the instruction once and generating the adapter once for the n instances; measured per batch
   and summed over n/batch batches).
@@ -23,15 +24,16 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from shapes import DEVICE, LENGTHS, MODELS, random_ids, summary, tagi_model, timed  # noqa: E402
+from shapes import DEVICE, LENGTHS, MODELS, random_ids, summary, tagi_model, timed, timed_interleaved  # noqa: E402
 
 
-def encoder_part(model, instr, ids, mask, fused: bool):
-    """T5: encoder (+ fusion concat). Causal: prefill (after the instruction prefix when fused)."""
-    with model.lora.apply(None):
+def encoder_part(model, ids, mask, instr=None, adapter=None):
+    """T5: the encoder (+ fusion concat). Causal: the prefill (after the cached instruction prefix
+    when `instr` is given). TAGI passes its instruction and adapter, the baseline neither."""
+    with model.lora.apply(adapter):
         if model.is_encoder_decoder:
-            return model._encode_t5(ids, mask, instr if fused else None, None, fused)
-        cache, full = model._prefix(instr if fused else None, None, ids.shape[0], fused, mask)
+            return model._encode_t5(ids, mask, instr, None, instr is not None)
+        cache, full = model._prefix(instr, None, ids.shape[0], instr is not None, mask)
         pos = (full.long().cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
         return model.base.model(input_ids=ids, attention_mask=full, position_ids=pos, past_key_values=cache,
                                  use_cache=True)
@@ -52,14 +54,16 @@ def run(name: str, fmt: str, n: int, batch: int, new_tokens: int) -> dict:
     with torch.no_grad():
         instr = model.encode_instruction(instr_ids, instr_mask)
         adapter = model.generate_adapter(instr)
-    tagi_enc = timed(lambda: encoder_part(model, instr, inst_ids, inst_mask, True), repeat=3) * steps
-    base_enc = timed(lambda: encoder_part(model, None, full_ids, full_mask, False), repeat=3) * steps
+    enc = timed_interleaved({"tagi": lambda: encoder_part(model, inst_ids, inst_mask, instr, adapter),
+                             "base": lambda: encoder_part(model, full_ids, full_mask)}, repeat=5)
+    tagi_enc, base_enc = enc["tagi"] * steps, enc["base"] * steps
     # end to end for n instances = (TAGI: instruction encoded + adapter generated once) + n/batch batches
     once = timed(lambda: model.generate_adapter(model.encode_instruction(instr_ids, instr_mask)), repeat=3)
-    tagi_batch = timed(lambda: model.generate(inst_ids, inst_mask, adapter, None, instr, max_new_tokens=new_tokens),
-                       repeat=2)
-    base_batch = timed(lambda: model.generate(full_ids, full_mask, None, None, None, max_new_tokens=new_tokens,
-                                              fuse=False), repeat=2)
+    e2e = timed_interleaved({
+        "tagi": lambda: model.generate(inst_ids, inst_mask, adapter, None, instr, max_new_tokens=new_tokens),
+        "base": lambda: model.generate(full_ids, full_mask, None, None, None, max_new_tokens=new_tokens, fuse=False)},
+        repeat=3)
+    tagi_batch, base_batch = e2e["tagi"], e2e["base"]
     tagi_total, base_total = once + steps * tagi_batch, steps * base_batch
     theory = (t + i) / i
     measured = base_enc / tagi_enc

@@ -1,20 +1,27 @@
 """Ray Train's overhead on meta-training: the same worker loop (DeepSpeed ZeRO, tiny config) run
 in this process vs inside a TorchTrainer with 1 worker and the same CPU threads.
 
-    python bench/ray_overhead.py [--steps 40] [--threads 2]
+    python bench/ray_overhead.py [--steps 60] [--rounds 2] [--threads 2]
 
-Both sides run `training.meta.meta_worker_loop` (stage 2, L_ce only) on the embedded suite with
-the same batches; steps/s comes from the loop's own per-step log (median over steps after the
-first 5), so model loading and worker start-up are reported separately, not mixed in.
-Goal: Ray steps/s >= 0.9 x in-process. Last line: JSON summary.
+Both sides run `training.meta.meta_worker_loop` (in-process: a plain Python process of its own)
+(stage 2, L_ce only) on the embedded suite's training rows, shuffled once as `jobs/meta_train.py`
+does (in-process: the Arrow table; Ray: the same rows through Ray Data). The loop reads its shard
+once and reshuffles locally, so both sides train on identical batches with identical losses
+(checked). Steps/s is the median step time from the loop's own per-step log, pooled over the
+rounds, after the first --warmup steps of each run; model loading and worker start-up are
+reported separately, not mixed in. The sides alternate for --rounds rounds (in-process, Ray,
+in-process, Ray, ...) so that a drift in machine speed hits both. Goal: Ray >= 0.9 x
+in-process. Last line: JSON summary.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import pickle
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,23 +32,64 @@ for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "DS_
 
 from tagi_ray.config import load_config  # noqa: E402
 from tagi_ray.data.prompts import parse_prompt_format  # noqa: E402
-from tagi_ray.data.tables import select_split  # noqa: E402
+from tagi_ray.data.tables import select_split, shuffle_rows  # noqa: E402
 from tagi_ray.models.base import load_base, save_base  # noqa: E402
 from tagi_ray.run_dir import RunDir, ensure_data  # noqa: E402
 from tagi_ray.training.examples import table_examples  # noqa: E402
 from tagi_ray.training.meta import STEPS_LOG, meta_worker_loop  # noqa: E402
 
 
-def median_step(log_dir: Path, skip: int = 5) -> float:
-    rows = [json.loads(x) for x in (log_dir / STEPS_LOG).read_text().splitlines()]
-    return statistics.median(r["seconds"] for r in rows[skip:])
+def steps(log_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (log_dir / STEPS_LOG).read_text().splitlines()]
+
+
+def run_in_process(loop_config: dict, log_dir: Path) -> float:
+    """The loop in a plain Python process of its own, as a user would run it without Ray (world
+    size 1; DeepSpeed's process group over gloo on loopback)."""
+    config_file = log_dir.with_suffix(".pkl")
+    config_file.write_bytes(pickle.dumps({**loop_config, "log_dir": str(log_dir)}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, __file__, "--worker", str(config_file)], env=env, check=True)
+    return time.perf_counter() - t0
+
+
+def run_ray(loop_config: dict, train, threads: int, log_dir: Path, storage: Path, dashboard: bool = True) -> float:
+    """The loop in a TorchTrainer with 1 worker on a fresh local Ray (started and stopped here)."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    # the dashboard is on as on any cluster that takes `ray job submit` (Train's placement-group
+    # cleaner also queries its State API every second)
+    ray.init(num_cpus=max(2, threads), include_dashboard=dashboard)
+    try:
+        t0 = time.perf_counter()
+        config = {k: v for k, v in loop_config.items() if k != "data"}
+        TorchTrainer(meta_worker_loop, train_loop_config={**config, "log_dir": str(log_dir)},
+                     datasets={"train": ray.data.from_arrow(train)},
+                     scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": threads}),
+                     run_config=RunConfig(name=log_dir.name, storage_path=str(storage))).fit()
+        return time.perf_counter() - t0
+    finally:
+        ray.shutdown()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=10, help="leading steps of each run left out of the figures")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-dashboard", action="store_true", help="diagnosis: local Ray without its dashboard")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run the in-process side from this config
     args = p.parse_args()
+    if args.worker:
+        return meta_worker_loop(pickle.loads(Path(args.worker).read_bytes()))
     tmp = Path(tempfile.mkdtemp(prefix="ray_overhead_"))
     cfg = load_config(None, [f"train.meta_steps={args.steps}", "train.checkpoint_every=0", "loss.lambda_kl=0",
                              "loss.lambda_ins=0", "ray.num_workers=1", f"ray.cpus_per_worker={args.threads}",
@@ -49,50 +97,42 @@ def main() -> None:
     run = RunDir(tmp / "run")
     table = ensure_data(cfg, run)
     save_base(load_base(cfg.model), tmp / "base")
-    train = select_split(table, "train")
+    train = shuffle_rows(select_split(table, "train"), cfg.train.seed)
     instructions = [e.instruction for e in table_examples(train, parse_prompt_format(cfg.data.prompt))]
     loop_config = {"cfg": cfg.to_dict(), "stage": "meta", "base": str(tmp / "base"), "init_hypernet": None,
-                   "instructions": instructions, "teachers_dir": None, "teacher_tasks": []}
+                   "instructions": instructions, "teachers_dir": None, "teacher_tasks": [], "data": train}
 
-    # in-process: world size 1, DeepSpeed's process group over gloo on loopback
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    t0 = time.perf_counter()
-    meta_worker_loop({**loop_config, "data": train, "log_dir": str(tmp / "local")})
-    local_wall = time.perf_counter() - t0
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        os.environ.pop(key, None)
-
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    ray.init(num_cpus=max(2, args.threads), include_dashboard=True)  # Train's cleanup queries the state API
-    t0 = time.perf_counter()
-    TorchTrainer(meta_worker_loop, train_loop_config={**loop_config, "log_dir": str(tmp / "ray_log")},
-                 datasets={"train": ray.data.from_arrow(train)},
-                 scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": args.threads}),
-                 run_config=RunConfig(name="ray_overhead", storage_path=str(tmp / "ray"))).fit()
-    ray_wall = time.perf_counter() - t0
-    ray.shutdown()
-
-    local_step, ray_step = median_step(tmp / "local"), median_step(tmp / "ray_log")
+    walls: dict[str, list[float]] = {"local": [], "ray": []}
+    logs: dict[str, list[list[dict]]] = {"local": [], "ray": []}
+    for r in range(args.rounds):
+        walls["local"].append(run_in_process(loop_config, tmp / f"local{r}"))
+        walls["ray"].append(run_ray(loop_config, train, args.threads, tmp / f"ray{r}", tmp / "ray",
+                                    not args.no_dashboard))
+        for side in ("local", "ray"):
+            logs[side].append(steps(tmp / f"{side}{r}"))
+        print(f"round {r + 1}: median step in-process {statistics.median(x['seconds'] for x in logs['local'][-1][args.warmup:]) * 1e3:.0f} ms, "
+              f"Ray Train {statistics.median(x['seconds'] for x in logs['ray'][-1][args.warmup:]) * 1e3:.0f} ms", flush=True)
+    # the same loop: identical batches (padded tokens per step) and identical losses on both sides
+    signature = [[(x["tokens"], round(x["loss"], 4)) for x in log] for side in logs.values() for log in side]
+    same = all(sig == signature[0] for sig in signature)
+    local_step = statistics.median(x["seconds"] for log in logs["local"] for x in log[args.warmup:])
+    ray_step = statistics.median(x["seconds"] for log in logs["ray"] for x in log[args.warmup:])
     ratio = local_step / ray_step
-    print(f"{args.steps} meta-training steps (batch {cfg.train.batch_size}, ZeRO-{cfg.train.zero_stage}, "
-          f"{args.threads} threads): in-process {1 / local_step:.2f} steps/s (job {local_wall:.1f} s), "
-          f"Ray Train 1 worker {1 / ray_step:.2f} steps/s (job {ray_wall:.1f} s incl. worker start and "
-          f"checkpoint) -> {ratio:.3f}")
+    tokens = statistics.mean(x["tokens"] for x in logs["local"][0][args.warmup:])
+    print(f"{args.steps} meta-training steps x {args.rounds} rounds (batch {cfg.train.batch_size}, "
+          f"ZeRO-{cfg.train.zero_stage}, {args.threads} threads, same batches and losses on both sides: {same}): "
+          f"in-process {1 / local_step:.2f} steps/s (~{tokens / local_step:.0f} padded tokens/s; job "
+          f"{statistics.mean(walls['local']):.1f} s), Ray Train 1 worker {1 / ray_step:.2f} steps/s (job "
+          f"{statistics.mean(walls['ray']):.1f} s incl. Ray start, worker start and checkpoint) -> {ratio:.3f}")
     print(json.dumps({"name": "ray_overhead", "ratio": round(ratio, 3), "goal": "Ray steps/s >= 0.9 x in-process",
-                      "pass": ratio >= 0.9, "local_steps_per_s": round(1 / local_step, 2),
-                      "ray_steps_per_s": round(1 / ray_step, 2), "local_job_s": round(local_wall, 1),
-                      "ray_job_s": round(ray_wall, 1)}))
+                      "pass": ratio >= 0.9 and same, "same_batches_and_losses": same,
+                      "local_steps_per_s": round(1 / local_step, 2), "ray_steps_per_s": round(1 / ray_step, 2),
+                      "rounds": [{"local_ms": round(statistics.median(x["seconds"] for x in a[args.warmup:]) * 1e3),
+                                  "ray_ms": round(statistics.median(x["seconds"] for x in b[args.warmup:]) * 1e3)}
+                                 for a, b in zip(logs["local"], logs["ray"])],
+                      "threads": args.threads, "dashboard": not args.no_dashboard,
+                      "local_job_s": round(statistics.mean(walls["local"]), 1),
+                      "ray_job_s": round(statistics.mean(walls["ray"]), 1)}))
 
 
 if __name__ == "__main__":

@@ -72,6 +72,25 @@ def timed(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def timed_interleaved(fns: dict[str, Callable[[], object]], repeat: int = 5, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each call, the calls interleaved (a, b, a, b, ...), so that a drift in
+    machine speed (2 shared cores) hits every side alike instead of whichever ran last."""
+    sync = torch.cuda.synchronize if DEVICE.type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.no_grad():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+        for _ in range(repeat):
+            for k, fn in fns.items():
+                sync()
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def summary(name: str, ratio: float, goal: str, passed: bool, **extra) -> None:
     """The one-line JSON every benchmark prints last."""
     print(json.dumps({"name": name, "ratio": round(ratio, 3), "goal": goal, "pass": bool(passed),

@@ -23,7 +23,7 @@ from jobs.ray_session import connect, storage_path
 from tagi_ray.checkpoint import HYPERNET_FILE
 from tagi_ray.config import TagiConfig
 from tagi_ray.data.prompts import parse_prompt_format
-from tagi_ray.data.tables import select_split
+from tagi_ray.data.tables import select_split, shuffle_rows
 from tagi_ray.run_dir import RunDir, ensure_base, ensure_data, record_config
 from tagi_ray.training.examples import table_examples
 from tagi_ray.training.meta import EXPORT_DIR, meta_worker_loop
@@ -88,7 +88,7 @@ def _fit_stage(cfg: TagiConfig, run: RunDir, stage: str, base: Path, data: pa.Ta
                            "init_hypernet": str(init) if init else None, "instructions": instructions,
                            "teachers_dir": str(run.teachers), "teacher_tasks": teacher_tasks,
                            "log_dir": str(run.root / "meta" / f"{stage}_log"), "val_data": val_data},
-        datasets={"train": ray.data.from_arrow(data)},
+        datasets={"train": ray.data.from_arrow(shuffle_rows(data, cfg.train.seed))},  # tasks mixed in every batch
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=f"{name}-{stage}",  # stable: a resubmitted job resumes this run

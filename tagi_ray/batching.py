@@ -48,6 +48,12 @@ class Batch:
     index: torch.Tensor | None = None
     task_ids: torch.Tensor | None = None  # bank row per example (packed teachers)
 
+    @property
+    def num_tokens(self) -> int:
+        """Padded token positions this batch computes over: inputs, labels, instructions."""
+        n = self.input_ids.numel() + self.labels.numel()
+        return n + (self.instr_ids.numel() if self.instr_ids is not None else 0)
+
     def to(self, device) -> Batch:
         return Batch(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device))
                         for f in fields(self)})

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 from transformers.modeling_outputs import BaseModelOutput
 
 from tagi_ray.config import HypernetConfig, LoraConfig
@@ -68,6 +69,14 @@ class Instruction:
         past = None if self.past is None else tuple((k.to(device), v.to(device)) for k, v in self.past)
         return Instruction(self.states.to(device), self.mask.to(device), self.pooled.to(device), past)
 
+    def expand(self, batch: int) -> Instruction:
+        """One instruction as `batch` rows: broadcast views, nothing is copied."""
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return t.expand(batch, *t.shape[1:])
+
+        past = None if self.past is None else tuple((rows(k), rows(v)) for k, v in self.past)
+        return Instruction(rows(self.states), rows(self.mask), rows(self.pooled), past)
+
     def for_batch(self, index: torch.Tensor | None, batch: int) -> Instruction:
         """Row i = the instruction of example i (index None: one for all, or one per example)."""
         if index is None:
@@ -75,8 +84,24 @@ class Instruction:
                 return self
             if self.n != 1:
                 raise ValueError(f"{self.n} instructions for a batch of {batch}: pass an index")
-            index = torch.zeros(batch, dtype=torch.long)
+            return self.expand(batch)
         return self.select(index.to(self.states.device))
+
+
+def prefix_cache(config, past: tuple[tuple[torch.Tensor, torch.Tensor], ...]) -> DynamicCache:
+    """A cache that starts out holding the instruction prefix's per-layer (k, v) as they are
+    (possibly broadcast views): the first forward's concatenation is the only copy. (Building it
+    with `DynamicCache(ddp_cache_data=...)` would copy the prefix once more, layer by layer.)"""
+    cache = DynamicCache(config=config)
+    if len(cache.layers) != len(past):
+        raise ValueError(f"prefix has {len(past)} layers, the model {len(cache.layers)}")
+    for layer, (k, v) in zip(cache.layers, past):
+        if type(layer) is DynamicLayer:
+            layer.lazy_initialization(k, v)
+            layer.keys, layer.values = k, v
+        else:  # sliding-window and other layers keep their own bookkeeping
+            layer.update(k, v)
+    return cache
 
 
 def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -141,7 +166,7 @@ class TagiModel(nn.Module):
             return DynamicCache(config=self.base.config), attention_mask
         ins = instruction.for_batch(index, batch)
         full = torch.cat([ins.mask.to(attention_mask.dtype), attention_mask], dim=1)
-        return DynamicCache(ddp_cache_data=ins.past), full
+        return prefix_cache(self.base.config, ins.past), full
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 adapter: LoraWeights | None = None, index: torch.Tensor | None = None,

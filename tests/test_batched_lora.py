@@ -64,8 +64,11 @@ def test_fast_path_equals_general_path(arch):
     copies = LoraWeights.cat([one] * len(SOURCES))  # general path: gather + bmm over 4 identical rows
     x = torch.randn(4, 7, model.targets[0].in_features)
     name = model.targets[0].name
-    fast = model.lora.delta(x, one.A[name], one.B[name], None)
-    general = model.lora.delta(x, copies.A[name], copies.B[name], torch.arange(4))
+    base_out = torch.randn(4, 7, model.targets[0].out_features)
+    fast = model.lora.add_delta(base_out, x, one.A[name], one.B[name], None)
+    general = model.lora.add_delta(base_out, x, copies.A[name], copies.B[name], torch.arange(4))
+    explicit = base_out + model.lora.scaling * (x @ one.A[name][0].T) @ one.B[name][0].T
+    torch.testing.assert_close(fast, explicit, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast, general, atol=1e-6, rtol=1e-5)
     with torch.no_grad():
         lf, _ = model(batch.input_ids, batch.attention_mask, batch.labels, one)  # N=1: fast path
@@ -129,3 +132,33 @@ def test_batched_generation_equals_single(arch):
         row = index[i:i + 1]
         single = model.generate(ids1, mask1, adapters.select(row), None, instr.select(row), max_new_tokens=6)
         assert single == [out[i]]
+
+
+@pytest.mark.parametrize("arch", ["t5", "llama"])
+def test_one_instruction_broadcast_to_the_batch_equals_per_example_copies(arch):
+    """index None with one instruction: broadcast views (no copy) give what explicit rows give;
+    the identity index (adapter i for example i) skips the gather and gives what it gives."""
+    model, tok = make_model(arch)
+    model.double()
+    batch = train_batch(tok, model.is_encoder_decoder, SOURCES, TARGETS, 64, 32, INSTRUCTIONS[:1], 64)
+    instr = model.encode_instruction(batch.instr_ids, batch.instr_mask)
+    adapter = random_adapters(model, 1).to(torch.float64)
+    rows = torch.zeros(len(SOURCES), dtype=torch.long)
+    broadcast = instr.for_batch(None, len(SOURCES))
+    assert broadcast.states.stride(0) == 0  # a view of the one encoded instruction
+    if broadcast.past is not None:
+        assert broadcast.past[0][0].data_ptr() == instr.past[0][0].data_ptr()
+    with torch.no_grad():
+        lb, _ = model(batch.input_ids, batch.attention_mask, batch.labels, adapter, None, instr)
+        lc, _ = model(batch.input_ids, batch.attention_mask, batch.labels, adapter, None, instr.select(rows))
+    torch.testing.assert_close(lb, lc, atol=1e-10, rtol=1e-10)
+    assert model.generate(batch.input_ids, batch.attention_mask, adapter, None, instr, max_new_tokens=4) == \
+        model.generate(batch.input_ids, batch.attention_mask, adapter, None, instr.select(rows), max_new_tokens=4)
+
+    adapters = random_adapters(model, len(SOURCES), seed=5).to(torch.float64)
+    per_example = instr.select(rows)
+    with torch.no_grad():
+        li, _ = model(batch.input_ids, batch.attention_mask, batch.labels, adapters, torch.arange(len(SOURCES)),
+                      per_example)
+        ln, _ = model(batch.input_ids, batch.attention_mask, batch.labels, adapters, None, per_example)
+    torch.testing.assert_close(li, ln, atol=1e-10, rtol=1e-10)

@@ -43,6 +43,7 @@ def test_both_stages_then_evaluation(teacher_run):
     assert [r["step"] for r in pre] == [1, 2, 3, 4] and [r["step"] for r in meta] == list(range(1, 7))
     assert "loss_kl" not in pre[0] and "loss_ins" not in pre[0]  # stage 1 is L_ce only
     assert {"loss_ce", "loss_kl", "loss_ins", "lambda_ins"} <= set(meta[0])  # every term logged separately
+    assert all(r["tokens"] > 0 and 0 <= r["data_seconds"] <= r["seconds"] for r in pre + meta)  # throughput inputs
 
     results = run_evaluation(cfg, teacher_run)
     metrics = json.loads((teacher_run.root / "metrics.json").read_text())

@@ -1,7 +1,7 @@
 import pytest
 
 from tagi_ray.data.export import build_table
-from tagi_ray.data.tables import (SCHEMA, from_hf_dataset, read_table, select_split, table_to_tasks,
+from tagi_ray.data.tables import (SCHEMA, from_hf_dataset, read_table, select_split, shuffle_rows, table_to_tasks,
                                   tasks_to_table, to_hf_dataset, write_table)
 
 
@@ -18,6 +18,15 @@ def test_table_round_trip(shared_sni_dir, tmp_path, suffix):
     # and back to the same table
     again = tasks_to_table(tasks["test"], "test")
     assert again.equals(select_split(table, "test"))
+
+
+def test_shuffle_rows_mixes_tasks_reproducibly(shared_sni_dir):
+    table, _ = build_table(shared_sni_dir, ("train",), max_instances=16)
+    assert len(set(table.column("task").to_pylist()[:16])) == 1  # grouped by task as built
+    mixed = shuffle_rows(table, seed=3)
+    assert mixed.equals(shuffle_rows(table, seed=3)) and not mixed.equals(shuffle_rows(table, seed=4))
+    assert sorted(mixed.column("id").to_pylist()) == sorted(table.column("id").to_pylist())  # a permutation
+    assert len(set(mixed.column("task").to_pylist()[:16])) >= 8  # a batch's worth of rows spans many tasks
 
 
 def test_hf_datasets_view(shared_sni_dir):

@@ -6,6 +6,7 @@ HF `datasets` views of them) and never parse task JSON themselves.
 """
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -48,6 +49,14 @@ def tasks_to_table(tasks: Iterable[SNITask], split: str) -> pa.Table:
 def select_split(table: pa.Table, split: str) -> pa.Table:
     """The rows of one split ("train", "val" or "test")."""
     return table.filter(pc.equal(table.column("split"), split))
+
+
+def shuffle_rows(table: pa.Table, seed: int) -> pa.Table:
+    """The rows in a seeded random order. Task tables are grouped by task; a streaming reader
+    with a small local shuffle buffer (Ray Data) would otherwise see one or two tasks per batch."""
+    order = list(range(table.num_rows))
+    random.Random(seed).shuffle(order)
+    return table.take(order)
 
 
 def table_to_tasks(table: pa.Table) -> dict[str, list[SNITask]]:

@@ -6,8 +6,9 @@
 base stays an unmodified Hugging Face model: same state dict, same `save_pretrained`). Inside
 `with lora.apply(weights, index):` every hooked layer adds the update: the adapters are
 gathered by `index` (once per `apply` block, so greedy decoding does not re-gather at every
-step) and applied with two batched matmuls; no Python loop over examples. When the whole batch
-shares one adapter the exact fast path uses two plain matmuls instead.
+step) and applied with two batched matmuls, the second one fused with the add to the base
+output; no Python loop over examples. When the whole batch shares one adapter the exact fast
+path uses two plain matmuls instead.
 
 This one mechanism serves all users: generated adapters (meta-training), the teacher bank
 (packed teachers, `index` = task id per example), and the serving cache (stacked adapters).
@@ -45,40 +46,53 @@ class BatchedLora:
             weights, index = self._active
             if name not in weights.A:
                 return None
-            A, B = weights.A[name], weights.B[name]
-            if index is not None:  # gather once per `apply` block, reused by every decoding step
-                if name not in self._gathered:
-                    self._gathered[name] = (A.index_select(0, index), B.index_select(0, index))
-                A, B = self._gathered[name]
-            return output + self.delta(inputs[0], A, B, None, module.training)
+            A, B = self._prepared(name, weights, index, output.dtype)
+            return self.add_delta(output, inputs[0], A, B, None, module.training)
 
         return hook
 
-    def delta(self, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, index: torch.Tensor | None,
-              training: bool = False) -> torch.Tensor:
-        """scaling * B_b A_b x for x of shape (batch, ..., in); A (N, r, in), B (N, out, r)."""
+    def _prepared(self, name: str, weights: LoraWeights, index: torch.Tensor | None,
+                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The module's A/B for the active block: gathered by `index` and cast to `dtype` once,
+        then reused by every later call (each greedy decoding step)."""
+        if name not in self._gathered:
+            A, B = weights.A[name], weights.B[name]
+            if index is not None:
+                A, B = A.index_select(0, index), B.index_select(0, index)
+            self._gathered[name] = (A.to(dtype), B.to(dtype))
+        return self._gathered[name]
+
+    def add_delta(self, output: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                  index: torch.Tensor | None = None, training: bool = False) -> torch.Tensor:
+        """output + scaling * B_b A_b x for x (batch, ..., in), output (batch, ..., out);
+        A (N, r, in), B (N, out, r). The add and the scaling are fused into the second matmul
+        (addmm / baddbmm): no separate pass over the output."""
         if self.dropout and training:
             x = F.dropout(x, self.dropout, training=True)
         A, B = A.to(x.dtype), B.to(x.dtype)
         if index is None and A.shape[0] == 1:  # exact fast path: one adapter for the whole batch
-            return (x @ A[0].transpose(0, 1)) @ B[0].transpose(0, 1) * self.scaling
+            h = x.reshape(-1, x.shape[-1]) @ A[0].transpose(0, 1)
+            out = torch.addmm(output.reshape(-1, B.shape[1]), h, B[0].transpose(0, 1), alpha=self.scaling)
+            return out.view(output.shape)
         if index is not None:
             A, B = A.index_select(0, index), B.index_select(0, index)  # gather: (batch, r, in)
         elif A.shape[0] != x.shape[0]:
             raise ValueError(f"{A.shape[0]} adapters for a batch of {x.shape[0]}: pass an index")
-        xb = x.reshape(x.shape[0], -1, x.shape[-1])
-        out = torch.bmm(torch.bmm(xb, A.transpose(1, 2)), B.transpose(1, 2))
-        return out.reshape(*x.shape[:-1], B.shape[1]) * self.scaling
+        h = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), A.transpose(1, 2))
+        out = torch.baddbmm(output.reshape(x.shape[0], -1, B.shape[1]), h, B.transpose(1, 2), alpha=self.scaling)
+        return out.view(output.shape)
 
     @contextmanager
     def apply(self, weights: LoraWeights | None, index: torch.Tensor | None = None) -> Iterator[None]:
         """Apply `weights` inside the block. `index[i]` is example i's adapter; None means
         adapter i for example i (or the single adapter for all). An index whose entries are all
-        equal takes the fast path."""
+        equal takes the fast path; the identity index (adapter i for example i) skips the gather."""
         if weights is not None and index is not None:
             index = index.to(device=next(iter(weights.A.values())).device, dtype=torch.long)
             if bool((index == index[0]).all()):
                 weights, index = weights.select(index[:1]), None
+            elif index.numel() == weights.n and torch.equal(index, torch.arange(weights.n, device=index.device)):
+                index = None
         previous, self._active = self._active, (None if weights is None else (weights, index))
         previous_gathered, self._gathered = self._gathered, {}
         try:

@@ -14,6 +14,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, ByT5T
                           LlamaForCausalLM, PreTrainedModel, T5Config, T5ForConditionalGeneration)
 
 from tagi_ray.config import ModelConfig
+from tagi_ray.models.attention import use_grouped_sdpa
 
 TINY_MODELS = {"tiny-t5": "t5", "tiny-llama": "llama"}
 # Named pretrained sources: model.name -> module with `load(ModelConfig) -> BaseBundle` (imported
@@ -33,6 +34,10 @@ class BaseBundle:
     model: PreTrainedModel
     tokenizer: object
     arch: str
+
+    def __post_init__(self) -> None:
+        if self.arch != "t5":
+            use_grouped_sdpa(self.model)  # grouped K/V straight into SDPA on CPU (no repeat_kv copies)
 
     @property
     def is_encoder_decoder(self) -> bool:

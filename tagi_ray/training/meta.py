@@ -65,7 +65,7 @@ class MetaObjective(torch.nn.Module):
         loss = LossConfig(lambda_ce=1.0, lambda_kl=0.0, lambda_ins=0.0) if ce_only else self.loss
         ids = [self.teacher_rows[e.task] for e in examples] if teacher is not None else None
         batch = make_batch(self.model, self.tokenizer, examples, self.cfg.model, with_prompt=False, task_ids=ids)
-        return tagi_step(self.model, batch.to(device), loss, teacher)
+        return {**tagi_step(self.model, batch.to(device), loss, teacher), "tokens": batch.num_tokens}
 
 
 def set_trainable(model: TagiModel, layer_norms: bool) -> list[torch.nn.Parameter]:
@@ -77,35 +77,41 @@ def set_trainable(model: TagiModel, layer_norms: bool) -> list[torch.nn.Paramete
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _rows_to_examples(batch: pa.Table | dict, stage: str, num_pos: int, rng: random.Random) -> list[Example]:
-    table = batch if isinstance(batch, pa.Table) else pa.table(batch)
+def _rows_to_examples(table: pa.Table, stage: str, num_pos: int, rng: random.Random) -> list[Example]:
     if stage == "pretrain":
         return split_texts(table.column("text").to_pylist(), rng)
     return table_examples(table, num_pos)
 
 
+def shard_table(shard) -> pa.Table:
+    """This worker's rows as one Arrow table. A Ray Data shard is read once, up front (task
+    tables are small; the driver holds the whole table anyway): after that, epochs are local
+    reshuffles, the same code in and out of Ray, and no streaming executor competes with the
+    training step for the worker's cores."""
+    if isinstance(shard, pa.Table):
+        return shard
+    return pa.concat_tables(list(shard.iter_batches(batch_size=4096, batch_format="pyarrow")))
+
+
 def example_stream(shard, stage: str, batch_size: int, num_pos: int, seed: int):
-    """Endless micro-batches of Examples from this worker's Ray Data shard (or a local Arrow
-    table), reshuffled each epoch with a local buffer."""
+    """Endless micro-batches of Examples from this worker's rows (a Ray Data shard or a local
+    Arrow table), reshuffled each epoch."""
     rng = random.Random(seed)
-    epoch = 0
+    table = shard_table(shard)
+    if table.num_rows < batch_size:
+        raise ValueError(f"{stage}: this worker's data shard holds {table.num_rows} rows, fewer than "
+                         f"batch_size={batch_size}")
     while True:
-        if isinstance(shard, pa.Table):
-            order = list(range(shard.num_rows))
-            rng.shuffle(order)
-            batches = (shard.take(order[i:i + batch_size]) for i in range(0, len(order), batch_size))
-        else:
-            batches = shard.iter_batches(batch_size=batch_size, batch_format="pyarrow", drop_last=True,
-                                         local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=seed + epoch)
+        order = list(range(table.num_rows))
+        rng.shuffle(order)
         produced = False
-        for batch in batches:
-            examples = _rows_to_examples(batch, stage, num_pos, rng)
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            examples = _rows_to_examples(table.take(order[i:i + batch_size]), stage, num_pos, rng)
             if len(examples) == batch_size:
                 produced = True
                 yield examples
         if not produced:
-            raise ValueError(f"{stage}: this worker's data shard holds fewer than batch_size={batch_size} rows")
-        epoch += 1
+            raise ValueError(f"{stage}: no batch of {batch_size} usable rows in this worker's data shard")
 
 
 def _restore(engine, checkpoint) -> tuple[int, bool]:
@@ -176,14 +182,19 @@ def meta_worker_loop(config: dict) -> None:
     for step in bar:
         t0 = time.time()
         terms: dict[str, float] = {}
+        data_seconds, tokens = 0.0, 0
         for _ in range(cfg.train.grad_accum):
-            out = engine(next(stream))
+            t_data = time.time()
+            examples = next(stream)
+            data_seconds += time.time() - t_data
+            out = engine(examples)
             engine.backward(out["loss"])
             engine.step()
+            tokens += out.pop("tokens")
             for k, v in out.items():
                 terms[k] = terms.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / cfg.train.grad_accum
         record = {"stage": stage, "step": step + 1, "lr": engine.get_lr()[0], "seconds": time.time() - t0,
-                  "restored": restored, **terms}
+                  "data_seconds": data_seconds, "tokens": tokens, "restored": restored, **terms}
         last = step + 1 == total
         at_checkpoint = (step + 1) % every == 0 or last
         if val_batches and at_checkpoint:
