@@ -1,10 +1,9 @@
 """Ray Train's overhead on meta-training: the same worker loop (DeepSpeed ZeRO, tiny config) run
-in this process vs inside a TorchTrainer with 1 worker and the same CPU threads.
+in a plain Python process vs inside a TorchTrainer with 1 worker and the same CPU threads.
 
     python bench/ray_overhead.py [--steps 60] [--rounds 2] [--threads 2]
 
-Both sides run `training.meta.meta_worker_loop` (in-process: a plain Python process of its own)
-(stage 2, L_ce only) on the embedded suite's training rows, shuffled once as `jobs/meta_train.py`
+Both sides run `training.meta.meta_worker_loop` (stage 2, L_ce only) on the embedded suite's training rows, shuffled once as `jobs/meta_train.py`
 does (in-process: the Arrow table; Ray: the same rows through Ray Data). The loop reads its shard
 once and reshuffles locally, so both sides train on identical batches with identical losses
 (checked). Steps/s is the median step time from the loop's own per-step log, pooled over the
