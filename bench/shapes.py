@@ -58,18 +58,7 @@ def random_ids(batch: int, length: int, vocab: int = 1000, seed: int = 0) -> tup
 
 def timed(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
     """Median seconds of `repeat` calls after `warmup` calls (GPU: synchronised)."""
-    sync = torch.cuda.synchronize if DEVICE.type == "cuda" else (lambda: None)
-    with torch.no_grad():
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeat):
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return timed_interleaved({"fn": fn}, repeat, warmup)["fn"]
 
 
 def timed_interleaved(fns: dict[str, Callable[[], object]], repeat: int = 5, warmup: int = 1) -> dict[str, float]:
