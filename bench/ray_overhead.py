@@ -3,8 +3,9 @@ in a plain Python process vs inside a TorchTrainer with 1 worker and the same CP
 
     python bench/ray_overhead.py [--steps 60] [--rounds 2] [--threads 2]
 
-Both sides run `training.meta.meta_worker_loop` (stage 2, L_ce only) on the embedded suite's training rows, shuffled once as `jobs/meta_train.py`
-does (in-process: the Arrow table; Ray: the same rows through Ray Data). The loop reads its shard
+Both sides run `training.meta.meta_worker_loop` (stage 2, L_ce only) on the embedded suite's
+training rows, shuffled once as `jobs/meta_train.py` does (in-process: the Arrow table; Ray: the
+same rows through Ray Data). The loop reads its shard
 once and reshuffles locally, so both sides train on identical batches with identical losses
 (checked). Steps/s is the median step time from the loop's own per-step log, pooled over the
 rounds, after the first --warmup steps of each run; model loading and worker start-up are
@@ -40,6 +41,11 @@ from tagi_ray.training.meta import STEPS_LOG, meta_worker_loop  # noqa: E402
 
 def steps(log_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (log_dir / STEPS_LOG).read_text().splitlines()]
+
+
+def median_ms(logs: list[list[dict]], warmup: int) -> float:
+    """Median step time (ms) over the given runs' steps after the first `warmup` of each."""
+    return statistics.median(x["seconds"] for log in logs for x in log[warmup:]) * 1e3
 
 
 def run_in_process(loop_config: dict, log_dir: Path) -> float:
@@ -109,13 +115,13 @@ def main() -> None:
                                     not args.no_dashboard))
         for side in ("local", "ray"):
             logs[side].append(steps(tmp / f"{side}{r}"))
-        print(f"round {r + 1}: median step in-process {statistics.median(x['seconds'] for x in logs['local'][-1][args.warmup:]) * 1e3:.0f} ms, "
-              f"Ray Train {statistics.median(x['seconds'] for x in logs['ray'][-1][args.warmup:]) * 1e3:.0f} ms", flush=True)
+        print(f"round {r + 1}: median step in-process {median_ms(logs['local'][-1:], args.warmup):.0f} ms, "
+              f"Ray Train {median_ms(logs['ray'][-1:], args.warmup):.0f} ms", flush=True)
     # the same loop: identical batches (padded tokens per step) and identical losses on both sides
     signature = [[(x["tokens"], round(x["loss"], 4)) for x in log] for side in logs.values() for log in side]
     same = all(sig == signature[0] for sig in signature)
-    local_step = statistics.median(x["seconds"] for log in logs["local"] for x in log[args.warmup:])
-    ray_step = statistics.median(x["seconds"] for log in logs["ray"] for x in log[args.warmup:])
+    local_step = median_ms(logs["local"], args.warmup) / 1e3
+    ray_step = median_ms(logs["ray"], args.warmup) / 1e3
     ratio = local_step / ray_step
     tokens = statistics.mean(x["tokens"] for x in logs["local"][0][args.warmup:])
     print(f"{args.steps} meta-training steps x {args.rounds} rounds (batch {cfg.train.batch_size}, "
@@ -126,8 +132,8 @@ def main() -> None:
     print(json.dumps({"name": "ray_overhead", "ratio": round(ratio, 3), "goal": "Ray steps/s >= 0.9 x in-process",
                       "pass": ratio >= 0.9 and same, "same_batches_and_losses": same,
                       "local_steps_per_s": round(1 / local_step, 2), "ray_steps_per_s": round(1 / ray_step, 2),
-                      "rounds": [{"local_ms": round(statistics.median(x["seconds"] for x in a[args.warmup:]) * 1e3),
-                                  "ray_ms": round(statistics.median(x["seconds"] for x in b[args.warmup:]) * 1e3)}
+                      "rounds": [{"local_ms": round(median_ms([a], args.warmup)),
+                                  "ray_ms": round(median_ms([b], args.warmup))}
                                  for a, b in zip(logs["local"], logs["ray"])],
                       "threads": args.threads, "dashboard": not args.no_dashboard,
                       "local_job_s": round(statistics.mean(walls["local"]), 1),

@@ -4,10 +4,13 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pyarrow as pa
 
 from tagi_ray.data.prompts import instance_text, instruction_text
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ def table_examples(table: pa.Table, num_pos: int) -> list[Example]:
     return out
 
 
-def random_batches(examples: Sequence[Example], batch_size: int, seed: int) -> Iterator[list[Example]]:
+def random_batches(examples: Sequence[T], batch_size: int, seed: int) -> Iterator[list[T]]:
     """An endless stream of seeded random batches (sampling without replacement per epoch)."""
     rng = random.Random(seed)
     order: list[int] = []

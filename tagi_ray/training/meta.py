@@ -37,7 +37,7 @@ from tagi_ray.lora import LoraWeights
 from tagi_ray.models.base import load_pretrained
 from tagi_ray.tagi import TagiModel
 from tagi_ray.training.deepspeed_setup import ds_config, skip_shm_build
-from tagi_ray.training.examples import Example, table_examples
+from tagi_ray.training.examples import Example, random_batches, table_examples
 from tagi_ray.training.loop import linear_schedule
 from tagi_ray.training.pretrain_text import split_texts
 from tagi_ray.training.steps import make_batch, tagi_step
@@ -96,22 +96,13 @@ def shard_table(shard) -> pa.Table:
 def example_stream(shard, stage: str, batch_size: int, num_pos: int, seed: int):
     """Endless micro-batches of Examples from this worker's rows (a Ray Data shard or a local
     Arrow table), reshuffled each epoch."""
-    rng = random.Random(seed)
     table = shard_table(shard)
     if table.num_rows < batch_size:
         raise ValueError(f"{stage}: this worker's data shard holds {table.num_rows} rows, fewer than "
                          f"batch_size={batch_size}")
-    while True:
-        order = list(range(table.num_rows))
-        rng.shuffle(order)
-        produced = False
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            examples = _rows_to_examples(table.take(order[i:i + batch_size]), stage, num_pos, rng)
-            if len(examples) == batch_size:
-                produced = True
-                yield examples
-        if not produced:
-            raise ValueError(f"{stage}: no batch of {batch_size} usable rows in this worker's data shard")
+    rng = random.Random(seed)  # the pretraining splits
+    for rows in random_batches(range(table.num_rows), batch_size, seed):
+        yield _rows_to_examples(table.take(rows), stage, num_pos, rng)
 
 
 def _restore(engine, checkpoint) -> tuple[int, bool]:
