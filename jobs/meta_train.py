@@ -70,7 +70,6 @@ def _fit_stage(cfg: TagiConfig, run: RunDir, stage: str, base: Path, data: pa.Ta
     """One stage as a TorchTrainer run named `<name>-<stage>`; returns the exported standalone
     checkpoint. `callbacks`: Ray Train callbacks (a sweep's TuneReportCallback); `val_data`:
     validation rows (`val_loss` reported with every checkpoint)."""
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -87,8 +86,9 @@ def _fit_stage(cfg: TagiConfig, run: RunDir, stage: str, base: Path, data: pa.Ta
         train_loop_config={"cfg": cfg.to_dict(), "stage": stage, "base": str(base),
                            "init_hypernet": str(init) if init else None, "instructions": instructions,
                            "teachers_dir": str(run.teachers), "teacher_tasks": teacher_tasks,
-                           "log_dir": str(run.root / "meta" / f"{stage}_log"), "val_data": val_data},
-        datasets={"train": ray.data.from_arrow(shuffle_rows(data, cfg.train.seed))},  # tasks mixed in every batch
+                           "log_dir": str(run.root / "meta" / f"{stage}_log"), "val_data": val_data,
+                           # rows shuffled once (tasks mixed in every batch); each rank takes its slice
+                           "data": shuffle_rows(data, cfg.train.seed)},
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=f"{name}-{stage}",  # stable: a resubmitted job resumes this run

@@ -70,6 +70,13 @@ def test_fast_path_equals_general_path(arch):
     explicit = base_out + model.lora.scaling * (x @ one.A[name][0].T) @ one.B[name][0].T
     torch.testing.assert_close(fast, explicit, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast, general, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():  # inference adds into the base output in place: same values
+        out = base_out.clone()
+        fast_in_place = model.lora.add_delta(out, x, one.A[name], one.B[name], None)
+        assert fast_in_place.data_ptr() == out.data_ptr()
+        general_in_place = model.lora.add_delta(base_out.clone(), x, copies.A[name], copies.B[name], torch.arange(4))
+    torch.testing.assert_close(fast_in_place, fast, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(general_in_place, general, atol=1e-6, rtol=1e-6)
     with torch.no_grad():
         lf, _ = model(batch.input_ids, batch.attention_mask, batch.labels, one)  # N=1: fast path
         lg, _ = model(batch.input_ids, batch.attention_mask, batch.labels, copies, None)  # one row per example

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import random
 
+import pyarrow as pa
 import pytest
 from conftest import run_with_shared_base, tiny_test_config
 
@@ -11,7 +12,7 @@ from jobs.evaluate import run_evaluation
 from jobs.meta_train import run_meta_training
 from jobs.train_teachers import run_teachers
 from tagi_ray.checkpoint import load_checkpoint
-from tagi_ray.training.meta import STEPS_LOG
+from tagi_ray.training.meta import STEPS_LOG, worker_shard
 from tagi_ray.training.pretrain_text import split_text
 
 pytestmark = pytest.mark.timeout(900)
@@ -79,3 +80,12 @@ def test_pretraining_split_keeps_every_word_in_order():
         e = split_text(text, rng)
         assert e.instruction and e.source and e.target
         assert " ".join([e.instruction, e.source, e.target]) == text
+
+
+def test_worker_shards_partition_the_rows():
+    table = pa.table({"row": list(range(23))})
+    for world in (1, 2, 3, 4):
+        shards = [worker_shard(table, rank, world) for rank in range(world)]
+        rows = [r for s in shards for r in s.column("row").to_pylist()]
+        assert rows == list(range(23))  # disjoint, nothing lost, order kept
+        assert max(s.num_rows for s in shards) - min(s.num_rows for s in shards) <= 1

@@ -52,8 +52,9 @@ def select_split(table: pa.Table, split: str) -> pa.Table:
 
 
 def shuffle_rows(table: pa.Table, seed: int) -> pa.Table:
-    """The rows in a seeded random order. Task tables are grouped by task; a streaming reader
-    with a small local shuffle buffer (Ray Data) would otherwise see one or two tasks per batch."""
+    """The rows in a seeded random order. Task tables are grouped by task; contiguous worker
+    shards (or a streaming reader with a small shuffle buffer) would otherwise hold one or two
+    tasks each."""
     order = list(range(table.num_rows))
     random.Random(seed).shuffle(order)
     return table.take(order)

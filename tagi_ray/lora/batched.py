@@ -66,20 +66,26 @@ class BatchedLora:
                   index: torch.Tensor | None = None, training: bool = False) -> torch.Tensor:
         """output + scaling * B_b A_b x for x (batch, ..., in), output (batch, ..., out);
         A (N, r, in), B (N, out, r). The add and the scaling are fused into the second matmul
-        (addmm / baddbmm): no separate pass over the output."""
+        (addmm / baddbmm): no separate pass over the output. Without autograd (inference) the
+        add goes into `output` in place, which also saves allocating and copying a new one."""
         if self.dropout and training:
             x = F.dropout(x, self.dropout, training=True)
         A, B = A.to(x.dtype), B.to(x.dtype)
+        in_place = not torch.is_grad_enabled() and output.is_contiguous()
         if index is None and A.shape[0] == 1:  # exact fast path: one adapter for the whole batch
             h = x.reshape(-1, x.shape[-1]) @ A[0].transpose(0, 1)
-            out = torch.addmm(output.reshape(-1, B.shape[1]), h, B[0].transpose(0, 1), alpha=self.scaling)
+            out2d, B2d = output.view(-1, B.shape[1]), B[0].transpose(0, 1)
+            out = out2d.addmm_(h, B2d, alpha=self.scaling) if in_place else \
+                torch.addmm(out2d, h, B2d, alpha=self.scaling)
             return out.view(output.shape)
         if index is not None:
             A, B = A.index_select(0, index), B.index_select(0, index)  # gather: (batch, r, in)
         elif A.shape[0] != x.shape[0]:
             raise ValueError(f"{A.shape[0]} adapters for a batch of {x.shape[0]}: pass an index")
         h = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), A.transpose(1, 2))
-        out = torch.baddbmm(output.reshape(x.shape[0], -1, B.shape[1]), h, B.transpose(1, 2), alpha=self.scaling)
+        out3d, Bt = output.view(x.shape[0], -1, B.shape[1]), B.transpose(1, 2)
+        out = out3d.baddbmm_(h, Bt, alpha=self.scaling) if in_place else \
+            torch.baddbmm(out3d, h, Bt, alpha=self.scaling)
         return out.view(output.shape)
 
     @contextmanager
