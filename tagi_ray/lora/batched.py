@@ -74,7 +74,7 @@ class BatchedLora:
         in_place = not torch.is_grad_enabled() and output.is_contiguous()
         if index is None and A.shape[0] == 1:  # exact fast path: one adapter for the whole batch
             h = x.reshape(-1, x.shape[-1]) @ A[0].transpose(0, 1)
-            out2d, B2d = output.view(-1, B.shape[1]), B[0].transpose(0, 1)
+            out2d, B2d = output.reshape(-1, B.shape[1]), B[0].transpose(0, 1)  # a view if contiguous
             out = out2d.addmm_(h, B2d, alpha=self.scaling) if in_place else \
                 torch.addmm(out2d, h, B2d, alpha=self.scaling)
             return out.view(output.shape)
@@ -83,7 +83,7 @@ class BatchedLora:
         elif A.shape[0] != x.shape[0]:
             raise ValueError(f"{A.shape[0]} adapters for a batch of {x.shape[0]}: pass an index")
         h = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), A.transpose(1, 2))
-        out3d, Bt = output.view(x.shape[0], -1, B.shape[1]), B.transpose(1, 2)
+        out3d, Bt = output.reshape(x.shape[0], -1, B.shape[1]), B.transpose(1, 2)
         out = out3d.baddbmm_(h, Bt, alpha=self.scaling) if in_place else \
             torch.baddbmm(out3d, h, Bt, alpha=self.scaling)
         return out.view(output.shape)
