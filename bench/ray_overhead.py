@@ -167,5 +167,6 @@ def main() -> None:
                       "local_job_s": round(statistics.mean(walls["local"]), 1),
                       "ray_job_s": round(statistics.mean(walls["ray"]), 1)}))
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import ctypes
 import json
-import sys
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
