@@ -104,4 +104,5 @@ def timed_interleaved(fns: dict[str, Callable[[], object]], repeat: int = 5, war
 def summary(name: str, ratio: float, goal: str, passed: bool, **extra) -> None:
     """The one-line JSON every benchmark prints last."""
     print(json.dumps({"name": name, "ratio": round(ratio, 3), "goal": goal, "pass": bool(passed),
-                      "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu", **extra}))
+                      "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
+                      "steady_allocator": STEADY_ALLOCATOR, **extra}))
