@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import pickle
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,9 +36,11 @@ from tagi_ray.config import load_config  # noqa: E402
 from tagi_ray.data.prompts import parse_prompt_format  # noqa: E402
 from tagi_ray.data.tables import select_split, shuffle_rows  # noqa: E402
 from tagi_ray.models.base import load_base, save_base  # noqa: E402
-from tagi_ray.run_dir import RunDir, ensure_data  # noqa: E402
+from tagi_ray.run_dir import RunDir  # noqa: E402
+from tagi_ray.stages import ensure_data  # noqa: E402
 from tagi_ray.training.examples import table_examples  # noqa: E402
 from tagi_ray.training.meta import STEPS_LOG, meta_worker_loop  # noqa: E402
+from tagi_ray.training.worker import run_in_process  # noqa: E402
 
 
 def steps(log_dir: Path) -> list[dict]:
@@ -51,7 +52,7 @@ def median_ms(logs: list[list[dict]], warmup: int) -> float:
     return statistics.median(x["seconds"] for log in logs for x in log[warmup:]) * 1e3
 
 
-def run_in_process(loop_config: dict, log_dir: Path, idle_ray: dict | None = None) -> float:
+def run_plain(loop_config: dict, log_dir: Path, idle_ray: dict | None = None) -> float:
     """The loop in a plain Python process of its own, as a user would run it without Ray (world
     size 1; DeepSpeed's process group over gloo on loopback). `idle_ray`: `ray.init` arguments
     of a local Ray kept up, idle, while the loop runs (diagnosis)."""
@@ -60,18 +61,13 @@ def run_in_process(loop_config: dict, log_dir: Path, idle_ray: dict | None = Non
 
         ray.init(**idle_ray)
         try:
-            return run_in_process(loop_config, log_dir)
+            return run_plain(loop_config, log_dir)
         finally:
             ray.shutdown()
     config_file = log_dir.with_suffix(".pkl")
     config_file.write_bytes(pickle.dumps({**loop_config, "log_dir": str(log_dir)}))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, __file__, "--worker", str(config_file)], env=env, check=True)
+    subprocess.run([sys.executable, __file__, "--worker", str(config_file)], check=True)
     return time.perf_counter() - t0
 
 
@@ -84,15 +80,15 @@ def ray_settings(threads: int, dashboard: bool) -> dict:
 def run_ray(loop_config: dict, threads: int, log_dir: Path, storage: Path, dashboard: bool = True) -> float:
     """The loop in a TorchTrainer with 1 worker on a fresh local Ray (started and stopped here)."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+
+    from tagi_ray.config import RayConfig
+    from tagi_ray.edge.train import fit_workers
 
     ray.init(**ray_settings(threads, dashboard))
     try:
         t0 = time.perf_counter()
-        TorchTrainer(meta_worker_loop, train_loop_config={**loop_config, "log_dir": str(log_dir)},
-                     scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": threads}),
-                     run_config=RunConfig(name=log_dir.name, storage_path=str(storage))).fit()
+        fit_workers(meta_worker_loop, {**loop_config, "log_dir": str(log_dir)},
+                    RayConfig(num_workers=1, cpus_per_worker=threads), log_dir.name, str(storage))
         return time.perf_counter() - t0
     finally:
         ray.shutdown()
@@ -110,7 +106,9 @@ def main() -> None:
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run the in-process side from this config
     args = p.parse_args()
     if args.worker:
-        return meta_worker_loop(pickle.loads(Path(args.worker).read_bytes()))
+        config = pickle.loads(Path(args.worker).read_bytes())
+        run_in_process(meta_worker_loop, config, Path(config["log_dir"]) / "checkpoints")
+        return
     tmp = Path(tempfile.mkdtemp(prefix="ray_overhead_"))
     cfg = load_config(None, [f"train.meta_steps={args.steps}", "train.checkpoint_every=0", "loss.lambda_kl=0",
                              "loss.lambda_ins=0", "ray.num_workers=1", f"ray.cpus_per_worker={args.threads}",
@@ -125,9 +123,9 @@ def main() -> None:
 
     sides = ["local", "ray"] + ([] if args.no_idle_ray else ["local_idle_ray"])
     settings = ray_settings(args.threads, not args.no_dashboard)
-    run_side = {"local": lambda d: run_in_process(loop_config, d),
+    run_side = {"local": lambda d: run_plain(loop_config, d),
                 "ray": lambda d: run_ray(loop_config, args.threads, d, tmp / "ray", not args.no_dashboard),
-                "local_idle_ray": lambda d: run_in_process(loop_config, d, idle_ray=settings)}
+                "local_idle_ray": lambda d: run_plain(loop_config, d, idle_ray=settings)}
     walls: dict[str, list[float]] = {side: [] for side in sides}
     logs: dict[str, list[list[dict]]] = {side: [] for side in sides}
     for r in range(args.rounds):

@@ -31,7 +31,7 @@ for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "DS_
 def tiny_checkpoint(out: Path) -> Path:
     from tagi_ray.checkpoint import save_checkpoint
     from tagi_ray.config import load_config
-    from tagi_ray.training.local import build_model
+    from tagi_ray.training.base_warmup import build_model
 
     cfg = load_config(None)
     model, tokenizer = build_model(cfg)
@@ -51,7 +51,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve.main import start
+    from tagi_ray.serve.main import start
 
     tmp = tempfile.TemporaryDirectory()
     ckpt = args.checkpoint or str(tiny_checkpoint(Path(tmp.name) / "ckpt"))

@@ -75,7 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         table, _ = build_table(write_suite(tmp / "sni", seed=0), ("train",), 64, 32, 0)
-        data = split_task_examples(table_examples(table, 0), cfg.teachers.holdout, 0)
+        data = split_task_examples(table_examples(table, 0), cfg.teachers.held_back, 0)
         tasks = [data[name] for name in sorted(data)[:args.k]]
         save_base(load_base(cfg.model), tmp / "base")
         warm = load_pretrained(str(tmp / "base"))

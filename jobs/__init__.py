@@ -1,1 +1,1 @@
-"""Ray job entry points (thin wrappers around tagi_ray); filled by later issues."""
+"""Ray job entry points, installed as `tagi_ray.jobs` (run as `python jobs/<name>.py` or `tagi <cmd>`)."""

@@ -15,10 +15,10 @@ import time
 
 import requests
 
-from jobs.job_args import job_config, job_parser
-from jobs.pipeline import run_pipeline
-from jobs.ray_session import connect
 from tagi_ray.data.tables import read_table, select_split
+from tagi_ray.edge.cluster import connect, stop
+from tagi_ray.jobs.job_args import job_config, job_parser
+from tagi_ray.jobs.pipeline import run_pipeline
 from tagi_ray.report import metrics_table
 from tagi_ray.run_dir import RunDir
 
@@ -56,19 +56,17 @@ def ask_server(url: str, adapter_request: dict, rows: list[dict], max_new_tokens
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, run = job_config(job_parser(__doc__.split("\n")[0], out_default="runs/demo", address=False).parse_args(argv))
+    cfg, run = job_config(job_parser(__doc__.split("\n")[0], out_default="runs/demo", address=False,
+                                     prog="tagi demo").parse_args(argv))
     start = time.time()
 
-    import ray
-    from ray import serve
-
-    from serve.main import start as start_serve
+    from tagi_ray.serve.main import APP_NAME, start as start_serve
 
     connect(cfg.ray.address)
     try:
         results = run_pipeline(cfg, run)
         print("\n=== serving ===", flush=True)
-        url = start_serve(str(run.hypernet), "127.0.0.1", _port(cfg.serve.port), num_cpus=0.25)
+        url = start_serve(str(run.hypernet), "127.0.0.1", _port(cfg.serve.port))
         adapter_request, rows = held_out_requests(run)
         print(f"Ray Serve at {url}; held-out task {rows[0]['task']!r}:\n  instruction: "
               f"{adapter_request['instruction'][:200]!r}")
@@ -77,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"served {stats['instance_inference']['instances']} instances in "
               f"{stats['instance_inference']['forward_batches']} forward batch(es)")
     finally:
-        if ray.is_initialized():
-            serve.shutdown()
-            ray.shutdown()
+        stop(APP_NAME)
     for fmt, by_method in results.items():
         print(f"\n{fmt}: held-out ROUGE-L per category (x100)\n" + metrics_table(by_method, "per_category"))
     print(f"\nreport: {run.root / 'report.md'}\ndemo finished in {time.time() - start:.0f} s")

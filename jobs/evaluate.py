@@ -12,13 +12,14 @@ import json
 import sys
 from pathlib import Path
 
-from jobs.job_args import job_config, job_parser
 from tagi_ray.checkpoint import load_checkpoint
 from tagi_ray.config import TagiConfig
 from tagi_ray.evaluation import METHODS, evaluate
+from tagi_ray.jobs.job_args import job_config, job_parser
 from tagi_ray.plots import per_task_bars, training_curves
 from tagi_ray.report import metrics_table
-from tagi_ray.run_dir import RunDir, ensure_data
+from tagi_ray.run_dir import RunDir
+from tagi_ray.stages import ensure_data
 from tagi_ray.training.meta import STEPS_LOG
 
 
@@ -50,7 +51,7 @@ def write_report(run: RunDir, results: dict, title: str = "tagi-ray evaluation")
             mean = lambda k: sum(r[k] for r in ok) / len(ok)  # noqa: E731
             lines += ["## Teachers", "", f"{len(ok)} complete, {len(rows) - len(ok)} failed. On their held-back "
                       f"training instances: ROUGE-L {mean('rougeL'):.1f} (base {mean('base_rougeL'):.1f}), "
-                      f"reference loss {mean('heldout_loss'):.3f} (base {mean('base_heldout_loss'):.3f}).", ""]
+                      f"reference loss {mean('held_back_loss'):.3f} (base {mean('base_held_back_loss'):.3f}).", ""]
     out = run.root / "report.md"
     out.write_text("\n".join(lines))
     return out
@@ -58,8 +59,8 @@ def write_report(run: RunDir, results: dict, title: str = "tagi-ray evaluation")
 
 def run_evaluation(cfg: TagiConfig, run: RunDir, checkpoint: Path | None = None) -> dict:
     """Evaluate every method on the test split; returns the results and writes the report."""
-    table = ensure_data(cfg, run)
     model, tokenizer, ckpt_cfg = load_checkpoint(checkpoint or run.hypernet)
+    table = ensure_data(cfg, run)
     ckpt_cfg.data = cfg.data  # evaluation formats/limits from the current config
     results = evaluate(model, tokenizer, ckpt_cfg, table, METHODS, run.teachers)
     report = write_report(run, results)
@@ -70,7 +71,7 @@ def run_evaluation(cfg: TagiConfig, run: RunDir, checkpoint: Path | None = None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = job_parser(__doc__.split("\n")[0], address=False)
+    p = job_parser(__doc__.split("\n")[0], address=False, prog="tagi eval")
     p.add_argument("--checkpoint", default=None, help="TAGI checkpoint (default: <out>/hypernet)")
     args = p.parse_args(argv)
     cfg, run = job_config(args)

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import argparse
 
+from tagi_ray.cli import OneLineParser
 from tagi_ray.config import TagiConfig, load_config
 from tagi_ray.run_dir import RunDir
 
 
-def job_parser(description: str, out_default: str | None = None, address: bool = True) -> argparse.ArgumentParser:
+def job_parser(description: str, out_default: str | None = None, address: bool = True,
+               prog: str | None = None) -> argparse.ArgumentParser:
     """A parser with the shared job arguments; callers add their own."""
-    p = argparse.ArgumentParser(description=description)
+    p = OneLineParser(prog=prog, description=description)
     p.add_argument("--config", default=None, help="YAML preset (default: configs/tiny.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
     p.add_argument("--out", default=out_default,
                    help="run directory" + (" (default: train.out_dir)" if out_default is None else " (resumable)"))
     if address:

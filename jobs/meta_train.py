@@ -7,7 +7,8 @@ Stage 1 ("pretrain") trains on plain text split in three; stage 2 ("meta") on th
 tasks against their teachers (run `tagi teachers` first when lambda_kl / lambda_ins are on).
 Each stage is a TorchTrainer run with a stable name under the run's Ray storage, so a
 resubmitted job resumes from the last checkpoint; a finished stage is skipped. The result is a
-standalone TAGI checkpoint in `<out>/hypernet/`.
+standalone TAGI checkpoint in `<out>/hypernet/`. `on_ray=False` runs the same worker loop in
+this process (world size 1), with its checkpoints under `<out>/meta/<stage>_checkpoints/`.
 """
 from __future__ import annotations
 
@@ -17,22 +18,20 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from jobs.job_args import job_config, job_parser
-from jobs.ray_session import connect, storage_path
 from tagi_ray.checkpoint import HYPERNET_FILE
 from tagi_ray.config import TagiConfig
 from tagi_ray.data.prompts import parse_prompt_format
 from tagi_ray.data.tables import select_split, shuffle_rows
-from tagi_ray.run_dir import RunDir, ensure_base, ensure_data, record_config
+from tagi_ray.jobs.job_args import job_config, job_parser
+from tagi_ray.run_dir import RunDir
+from tagi_ray.stages import ensure_base, ensure_data, record_config
 from tagi_ray.training.examples import table_examples
 from tagi_ray.training.meta import EXPORT_DIR, meta_worker_loop
 from tagi_ray.training.pretrain_text import split_texts, texts_from_corpus, texts_from_table
-from tagi_ray.training.teachers import completed_tasks
-
-
-def uses_teachers(cfg: TagiConfig) -> bool:
-    return cfg.loss.lambda_kl > 0 or cfg.loss.lambda_ins == "sigmoid" or float(cfg.loss.lambda_ins) > 0
+from tagi_ray.training.teacher_store import completed_tasks
+from tagi_ray.training.worker import default_device, run_in_process
 
 
 def meta_training_tasks(cfg: TagiConfig, table: pa.Table, run: RunDir, exclude: set[str] = frozenset()) -> pa.Table:
@@ -40,65 +39,51 @@ def meta_training_tasks(cfg: TagiConfig, table: pa.Table, run: RunDir, exclude: 
     on, only tasks whose teacher is complete."""
     train = select_split(table, "train")
     names = set(train.column("task").to_pylist()) - set(exclude)
-    if uses_teachers(cfg):
+    if cfg.loss.uses_teachers:
         done = completed_tasks(run.teachers)
         if not done:
-            raise FileNotFoundError(f"lambda_kl/lambda_ins need teachers, but {run.teachers} has none: "
+            raise FileNotFoundError(f"loss.lambda_kl/lambda_ins need teachers, but {run.teachers} has none: "
                                     f"run `tagi teachers` first (or set loss.lambda_kl=0 loss.lambda_ins=0)")
         missing = sorted(names - done)
         if missing:
             print(f"meta-train: {len(missing)} training tasks have no teacher and are left out: {missing[:5]}...")
         names &= done
-    keep = pa.array(sorted(names), pa.string())
-    import pyarrow.compute as pc
-
-    return train.filter(pc.is_in(train.column("task"), value_set=keep))
+    return train.filter(pc.is_in(train.column("task"), value_set=pa.array(sorted(names), pa.string())))
 
 
 def _without_tasks(table: pa.Table, tasks: set[str]) -> pa.Table:
     """`table` minus the rows of `tasks` (validation tasks stay unseen in both stages)."""
     if not tasks:
         return table
-    import pyarrow.compute as pc
-
     return table.filter(pc.invert(pc.is_in(table.column("task"), value_set=pa.array(sorted(tasks), pa.string()))))
 
 
 def _fit_stage(cfg: TagiConfig, run: RunDir, stage: str, base: Path, data: pa.Table, instructions: list[str],
                init: Path | None, teacher_tasks: list[str], name: str = "meta", callbacks: list | None = None,
-               val_data: pa.Table | None = None) -> Path:
-    """One stage as a TorchTrainer run named `<name>-<stage>`; returns the exported standalone
-    checkpoint. `callbacks`: Ray Train callbacks (a sweep's TuneReportCallback); `val_data`:
-    validation rows (`val_loss` reported with every checkpoint)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
+               val_data: pa.Table | None = None, on_ray: bool = True) -> Path:
+    """One stage as a TorchTrainer run named `<name>-<stage>` (or in this process); returns the
+    exported standalone checkpoint. `callbacks`: Ray Train callbacks (a sweep's
+    TuneReportCallback); `val_data`: validation rows (`val_loss` reported with every checkpoint)."""
     out = run.root / "meta" / stage
     if (out / HYPERNET_FILE).is_file():
         print(f"meta-train: stage {stage} already complete ({out})")
         return out
-    connect(cfg.ray.address)
-    resources = {"CPU": cfg.ray.cpus_per_worker}
-    if cfg.ray.use_gpu:
-        resources["GPU"] = cfg.ray.gpus_per_worker or 1.0
-    trainer = TorchTrainer(
-        meta_worker_loop,
-        train_loop_config={"cfg": cfg.to_dict(), "stage": stage, "base": str(base),
-                           "init_hypernet": str(init) if init else None, "instructions": instructions,
-                           "teachers_dir": str(run.teachers), "teacher_tasks": teacher_tasks,
-                           "log_dir": str(run.root / "meta" / f"{stage}_log"), "val_data": val_data,
-                           # rows shuffled once (tasks mixed in every batch); each rank takes its slice
-                           "data": shuffle_rows(data, cfg.train.seed)},
-        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(name=f"{name}-{stage}",  # stable: a resubmitted job resumes this run
-                             storage_path=storage_path(cfg.ray.storage_path, str(run.ray_storage)),
-                             callbacks=callbacks or [],
-                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-    )
-    result = trainer.fit()
-    with result.checkpoint.as_directory() as d:
+    config = {"cfg": cfg.to_dict(), "stage": stage, "base": str(base), "init_hypernet": str(init) if init else None,
+              "instructions": instructions, "teachers_dir": str(run.teachers), "teacher_tasks": teacher_tasks,
+              "log_dir": str(run.root / "meta" / f"{stage}_log"), "val_data": val_data,
+              # rows shuffled once (tasks mixed in every batch); each rank takes its slice
+              "data": shuffle_rows(data, cfg.train.seed)}
+    if on_ray:
+        from tagi_ray.edge.cluster import connect, storage_path
+        from tagi_ray.edge.train import fit_workers
+
+        connect(cfg.ray.address)
+        final = fit_workers(meta_worker_loop, config, cfg.ray, f"{name}-{stage}",  # stable: resubmission resumes
+                            storage_path(cfg.ray.storage_path, str(run.ray_storage)), callbacks=callbacks)
+    else:
+        final = run_in_process(meta_worker_loop, config, run.root / "meta" / f"{stage}_checkpoints",
+                               default_device(cfg.ray.use_gpu))
+    with final.as_directory() as d:
         tmp = out.with_name(f".{stage}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(Path(d) / EXPORT_DIR, tmp)
@@ -107,7 +92,8 @@ def _fit_stage(cfg: TagiConfig, run: RunDir, stage: str, base: Path, data: pa.Ta
 
 
 def run_meta_training(cfg: TagiConfig, run: RunDir, exclude_tasks: set[str] = frozenset(),
-                      val_data: pa.Table | None = None, callbacks: list | None = None, name: str = "meta") -> Path:
+                      val_data: pa.Table | None = None, callbacks: list | None = None, name: str = "meta",
+                      on_ray: bool = True) -> Path:
     """Both stages; writes and returns the final checkpoint `<run>/hypernet/`. `exclude_tasks`
     (validation tasks) are left out of training; `val_data` and `callbacks` go to stage 2 only
     (a sweep trial: validation loss to Ray Tune); `name` prefixes the Ray Train run names."""
@@ -119,12 +105,13 @@ def run_meta_training(cfg: TagiConfig, run: RunDir, exclude_tasks: set[str] = fr
         texts = texts_from_corpus(cfg.train.pretrain_corpus) if cfg.train.pretrain_corpus \
             else texts_from_table(_without_tasks(table, exclude_tasks))
         stats_from = [e.instruction for e in split_texts(rng.sample(texts, min(512, len(texts))), rng)]
-        stage1 = _fit_stage(cfg, run, "pretrain", base, pa.table({"text": texts}), stats_from, None, [], name)
+        stage1 = _fit_stage(cfg, run, "pretrain", base, pa.table({"text": texts}), stats_from, None, [], name,
+                            on_ray=on_ray)
     tasks = meta_training_tasks(cfg, table, run, exclude_tasks)
     names = sorted(set(tasks.column("task").to_pylist()))
     instructions = [e.instruction for e in table_examples(tasks, parse_prompt_format(cfg.data.prompt))]
-    final = _fit_stage(cfg, run, "meta", base, tasks, instructions, stage1, names if uses_teachers(cfg) else [],
-                       name, callbacks, val_data)
+    final = _fit_stage(cfg, run, "meta", base, tasks, instructions, stage1, names if cfg.loss.uses_teachers else [],
+                       name, callbacks, val_data, on_ray)
     if not (run.hypernet / HYPERNET_FILE).is_file() or run.hypernet.resolve() != final.resolve():
         shutil.rmtree(run.hypernet, ignore_errors=True)
         shutil.copytree(final, run.hypernet)
@@ -133,7 +120,7 @@ def run_meta_training(cfg: TagiConfig, run: RunDir, exclude_tasks: set[str] = fr
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, run = job_config(job_parser(__doc__.split("\n")[0]).parse_args(argv))
+    cfg, run = job_config(job_parser(__doc__.split("\n")[0], prog="tagi meta-train").parse_args(argv))
     record_config(cfg, run)
     run_meta_training(cfg, run)
     return 0

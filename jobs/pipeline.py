@@ -10,12 +10,13 @@ from __future__ import annotations
 import sys
 import time
 
-from jobs.job_args import job_config, job_parser
-from jobs.evaluate import run_evaluation
-from jobs.meta_train import run_meta_training, uses_teachers
-from jobs.train_teachers import run_teachers
 from tagi_ray.config import TagiConfig
-from tagi_ray.run_dir import RunDir, ensure_base, ensure_data, record_config
+from tagi_ray.jobs.evaluate import run_evaluation
+from tagi_ray.jobs.job_args import job_config, job_parser
+from tagi_ray.jobs.meta_train import run_meta_training
+from tagi_ray.jobs.train_teachers import run_teachers
+from tagi_ray.run_dir import RunDir
+from tagi_ray.stages import ensure_base, ensure_data, record_config
 
 
 def run_pipeline(cfg: TagiConfig, run: RunDir) -> dict:
@@ -33,7 +34,7 @@ def run_pipeline(cfg: TagiConfig, run: RunDir) -> dict:
     record_config(cfg, run)
     table = stage("data", lambda: ensure_data(cfg, run))
     stage("base warm-up", lambda: ensure_base(cfg, run, table))
-    if uses_teachers(cfg):
+    if cfg.loss.uses_teachers:
         stage("teachers", lambda: run_teachers(cfg, run))
     stage("meta-training", lambda: run_meta_training(cfg, run))
     results = stage("evaluation", lambda: run_evaluation(cfg, run))
@@ -42,7 +43,7 @@ def run_pipeline(cfg: TagiConfig, run: RunDir) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, run = job_config(job_parser(__doc__.split("\n")[0]).parse_args(argv))
+    cfg, run = job_config(job_parser(__doc__.split("\n")[0], prog="tagi pipeline").parse_args(argv))
     run_pipeline(cfg, run)
     return 0
 

@@ -12,43 +12,39 @@ from __future__ import annotations
 import sys
 import time
 
-from jobs.job_args import job_config, job_parser
 from tagi_ray.config import TagiConfig
-from tagi_ray.run_dir import RunDir, ensure_base, ensure_data, record_config
-from tagi_ray.training.teachers import merge_manifest, pending_tasks, teacher_worker_loop
-from jobs.ray_session import connect, storage_path
+from tagi_ray.jobs.job_args import job_config, job_parser
+from tagi_ray.run_dir import RunDir
+from tagi_ray.stages import ensure_base, ensure_data, record_config
+from tagi_ray.training.teacher_store import merge_manifest, pending_tasks
+from tagi_ray.training.teachers import teacher_worker_loop
+from tagi_ray.training.worker import default_device, run_in_process
 
 
-def run_teachers(cfg: TagiConfig, run: RunDir) -> list[dict]:
-    """Train the missing teachers of `run` on Ray; returns the manifest rows."""
-    import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
+def run_teachers(cfg: TagiConfig, run: RunDir, on_ray: bool = True) -> list[dict]:
+    """Train the missing teachers of `run` (on Ray Train, or in this process); returns the
+    manifest rows."""
     table = ensure_data(cfg, run)
     base = ensure_base(cfg, run, table)
     wanted, pending = pending_tasks(cfg, table, run.teachers)
     print(f"teachers: {len(wanted) - len(pending)}/{len(wanted)} complete, {len(pending)} to train "
-          f"(K={cfg.teachers.pack_size}, {cfg.ray.num_workers} workers)", flush=True)
+          f"(K={cfg.teachers.pack_size}, {cfg.ray.num_workers if on_ray else 1} workers)", flush=True)
     if pending:
-        connect(cfg.ray.address)
-        workers = min(cfg.ray.num_workers, len(pending))
-        resources = {"CPU": cfg.ray.cpus_per_worker}
-        if cfg.ray.use_gpu:
-            resources["GPU"] = cfg.ray.gpus_per_worker or 1.0
-        trainer = TorchTrainer(
-            teacher_worker_loop,
-            train_loop_config={"cfg": cfg.to_dict(), "table": ray.put(table), "base": str(base),
-                               "teachers_dir": str(run.teachers), "pending": pending},
-            scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.ray.use_gpu,
-                                         resources_per_worker=resources),
-            # resumption is per teacher (files), so each attempt is its own Ray Train run
-            run_config=RunConfig(name=f"teachers-{int(time.time())}",
-                                 storage_path=storage_path(cfg.ray.storage_path, str(run.ray_storage)),
-                                 failure_config=FailureConfig(max_failures=cfg.ray.max_failures)),
-        )
+        config = {"cfg": cfg.to_dict(), "table": table, "base": str(base), "teachers_dir": str(run.teachers),
+                  "pending": pending}
         try:
-            trainer.fit()
+            if on_ray:
+                from tagi_ray.edge.cluster import connect, storage_path
+                from tagi_ray.edge.train import fit_workers
+
+                connect(cfg.ray.address)
+                # resumption is per teacher (files), so each attempt is its own Ray Train run
+                fit_workers(teacher_worker_loop, config, cfg.ray, f"teachers-{int(time.time())}",
+                            storage_path(cfg.ray.storage_path, str(run.ray_storage)),
+                            num_workers=min(cfg.ray.num_workers, len(pending)))
+            else:
+                run_in_process(teacher_worker_loop, config, run.root / "teachers_local",
+                               default_device(cfg.ray.use_gpu))
         finally:
             merge_manifest(run.teachers)  # what did finish is recorded even when the job failed
     rows = merge_manifest(run.teachers)
@@ -60,7 +56,7 @@ def run_teachers(cfg: TagiConfig, run: RunDir) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, run = job_config(job_parser(__doc__.split("\n")[0]).parse_args(argv))
+    cfg, run = job_config(job_parser(__doc__.split("\n")[0], prog="tagi teachers").parse_args(argv))
     record_config(cfg, run)
     rows = run_teachers(cfg, run)
     return 1 if any(r["status"] == "failed" for r in rows) else 0

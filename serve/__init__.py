@@ -1,1 +1,1 @@
-"""Ray Serve deployments (adapter generation + instance inference); filled by a later issue."""
+"""Ray Serve deployments (adapter generation + instance inference), installed as `tagi_ray.serve`."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ray import serve
 
-from serve.loading import load_for_serving
+from tagi_ray.serve.loading import load_for_serving
 from tagi_ray.adapters import export_peft
 from tagi_ray.serving import AdapterEntry, AdapterFactory, LruCache, checkpoint_hash
 

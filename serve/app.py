@@ -1,7 +1,7 @@
 """The Serve application: AdapterGenerator + InstanceInference behind the HTTP ingress.
 
     serve run serve/config.yaml                      # or: serve deploy serve/config.yaml
-    serve run serve.app:build_app checkpoint=runs/tiny/hypernet
+    serve run tagi_ray.serve.app:build_app checkpoint=runs/tiny/hypernet
     tagi serve --checkpoint runs/tiny/hypernet
 """
 from __future__ import annotations
@@ -10,22 +10,32 @@ from pathlib import Path
 
 from ray.serve import Application
 
-from serve.adapter_generator import AdapterGenerator
-from serve.ingress import TagiIngress
-from serve.instance_inference import InstanceInference
-from serve.loading import serve_config
 from tagi_ray.checkpoint import HYPERNET_FILE
+from tagi_ray.serve.adapter_generator import AdapterGenerator
+from tagi_ray.serve.ingress import TagiIngress
+from tagi_ray.serve.instance_inference import InstanceInference
+from tagi_ray.serve.loading import serve_config
+
+DEPLOYMENTS = ("AdapterGenerator", "InstanceInference", "TagiIngress")
 
 
 def serve_limits(checkpoint: str, overrides: dict | None = None) -> dict:
     """The checkpoint's `serve:` section with `overrides` applied (validated)."""
-    return serve_config(checkpoint, overrides).serve.__dict__
+    return serve_config(checkpoint, overrides).serve.model_dump()
+
+
+def replica_cpus(total_cpus: float) -> dict[str, float]:
+    """CPUs per replica sized to a cluster of `total_cpus`: the ingress only routes (0.1), the
+    two model deployments share the rest, at most 1 CPU each."""
+    share = min(1.0, max(0.1, round((total_cpus - 0.1) / 2, 2)))
+    return {"AdapterGenerator": share, "InstanceInference": share, "TagiIngress": 0.1}
 
 
 def build_app(args: dict) -> Application:
     """Application builder (Serve config `args`): checkpoint (required), serve (overrides of the
-    config's `serve:` section, e.g. {max_batch_size: 16}), num_cpus (per replica of every
-    deployment, for small machines; serve/config.yaml sets resources per deployment instead)."""
+    config's `serve:` section, e.g. {max_batch_size: 16}), num_cpus (CPUs per replica: one number
+    for every deployment, or {deployment name: CPUs}; serve/config.yaml sets them per deployment
+    instead)."""
     checkpoint = args.get("checkpoint")
     if not checkpoint or not (Path(checkpoint) / HYPERNET_FILE).is_file():
         raise ValueError(f"args.checkpoint: {checkpoint!r} is not a TAGI checkpoint directory "
@@ -33,10 +43,13 @@ def build_app(args: dict) -> Application:
     checkpoint = str(Path(checkpoint).resolve())
     overrides = dict(args.get("serve") or {})
     limits = serve_limits(checkpoint, overrides)
-    gen_d, inf_d, ing_d = AdapterGenerator, InstanceInference, TagiIngress
-    if "num_cpus" in args:
-        options = {"ray_actor_options": {"num_cpus": float(args["num_cpus"])}}
-        gen_d, inf_d, ing_d = gen_d.options(**options), inf_d.options(**options), ing_d.options(**options)
-    generator = gen_d.bind(checkpoint, overrides)
-    inference = inf_d.bind(checkpoint, generator, overrides)
-    return ing_d.bind(generator, inference, limits)
+    deployments = {"AdapterGenerator": AdapterGenerator, "InstanceInference": InstanceInference,
+                   "TagiIngress": TagiIngress}
+    cpus = args.get("num_cpus")
+    if cpus is not None:
+        per = cpus if isinstance(cpus, dict) else {name: cpus for name in deployments}
+        deployments = {name: d.options(ray_actor_options={"num_cpus": float(per[name])}) if name in per else d
+                       for name, d in deployments.items()}
+    generator = deployments["AdapterGenerator"].bind(checkpoint, overrides)
+    inference = deployments["InstanceInference"].bind(checkpoint, generator, overrides)
+    return deployments["TagiIngress"].bind(generator, inference, limits)

@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve.schemas import (AdapterRequest, CompletionRequest, GenerateRequest, inputs_errors, instruction_errors,
+from tagi_ray.serve.schemas import (AdapterRequest, CompletionRequest, GenerateRequest, inputs_errors, instruction_errors,
                            raise_if)
 from tagi_ray.config import ServeConfig
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve.loading import load_for_serving
+from tagi_ray.serve.loading import load_for_serving
 from tagi_ray.serving import AdapterEntry, LruCache, generate_mixed
 
 

@@ -1,45 +1,106 @@
-"""`tagi serve --checkpoint DIR`: run the Serve app on a checkpoint (blocks until Ctrl-C).
+"""`tagi serve --checkpoint DIR`: run the Serve app on a checkpoint (blocks until Ctrl-C / SIGTERM).
 
     tagi serve --checkpoint runs/tiny/hypernet [--host 127.0.0.1] [--port 8000] [--set max_batch_size=16]
+
+CPUs per replica are sized to the cluster it starts on (`app.replica_cpus`; `--num-cpus`
+overrides). If the app is not running within `serve.start_timeout_s` (e.g. its replicas do not
+fit the cluster), it is deleted and the command fails with one line saying what is missing.
 """
 from __future__ import annotations
 
-import argparse
+import signal
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
-from jobs.ray_session import connect
-from serve.app import build_app, serve_limits
+from tagi_ray.checkpoint import HYPERNET_FILE
+from tagi_ray.cli import OneLineParser, UserError
+from tagi_ray.edge.cluster import connect, resources, stop
+from tagi_ray.serve.app import DEPLOYMENTS, build_app, replica_cpus, serve_limits
 
 APP_NAME = "tagi"
 
 
-def start(checkpoint: str, host: str | None = None, port: int | None = None, overrides: dict | None = None,
-          num_cpus: float | None = None, address: str = "") -> str:
-    """Deploy the app (non-blocking) on the connected/started Ray cluster; returns its base URL."""
+class ServeStartError(UserError):
+    """The app did not become healthy in time; the message names what is missing."""
+
+
+def _not_running(app: str, cpus: dict[str, float]) -> str:
+    """One line: which deployments have no running replica, what each replica asks, what is free."""
     from ray import serve
 
+    status = serve.status().applications.get(app)
+    waiting = []
+    for name, dep in (status.deployments.items() if status else []):
+        if dep.status != "HEALTHY":
+            running = dep.replica_states.get("RUNNING", 0)
+            waiting.append(f"{name} ({running} replica(s) running, each needs {{'CPU': {cpus.get(name, 1.0):g}}})")
+    free, total = resources(available=True), resources()
+    return (f"{', '.join(waiting) or 'the app'} not running; the cluster has {free.get('CPU', 0.0):g} of "
+            f"{total.get('CPU', 0.0):g} CPUs free (lower --num-cpus, or add nodes)")
+
+
+def wait_until_running(app: str, timeout_s: float, cpus: dict[str, float]) -> None:
+    """Poll Serve until `app` is RUNNING; on failure or after `timeout_s`, delete it and raise."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = serve.status().applications.get(app)
+        if status is not None and status.status == "RUNNING":
+            return
+        if status is not None and status.status == "DEPLOY_FAILED":
+            serve.delete(app)
+            raise ServeStartError(f"Serve app {app!r} failed to deploy: {' '.join(status.message.split())[:500]}")
+        if time.monotonic() > deadline:
+            message = _not_running(app, cpus)
+            serve.delete(app, _blocking=False)
+            raise ServeStartError(f"Serve app {app!r} not running after {timeout_s:g} s: {message}")
+        time.sleep(0.5)
+
+
+def start(checkpoint: str, host: str | None = None, port: int | None = None, overrides: dict | None = None,
+          num_cpus: float | None = None, address: str = "") -> str:
+    """Deploy the app on the connected/started Ray cluster and wait until it runs; returns its
+    base URL. `num_cpus`: CPUs per replica of every deployment (default: sized to the cluster)."""
+    from ray import serve
+    from ray.serve.api import RunTarget
+
+    check_checkpoint(checkpoint)
     connect(address)
     limits = serve_limits(checkpoint, overrides)
     host, port = host or limits["host"], port or limits["port"]
+    cpus = {name: num_cpus for name in DEPLOYMENTS} if num_cpus is not None \
+        else replica_cpus(resources().get("CPU", 1.0))
     serve.start(http_options={"host": host, "port": port})
-    args = {"checkpoint": checkpoint, "serve": overrides or {}}
-    if num_cpus is not None:
-        args["num_cpus"] = num_cpus
-    serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+    app = build_app({"checkpoint": checkpoint, "serve": overrides or {}, "num_cpus": cpus})
+    serve.run_many([RunTarget(app, name=APP_NAME, route_prefix="/")],
+                   wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
+    wait_until_running(APP_NAME, limits["start_timeout_s"], cpus)
     return f"http://{host}:{port}"
 
 
+def check_checkpoint(checkpoint: str) -> None:
+    """Raise, naming it, unless `checkpoint` is a TAGI checkpoint directory."""
+    if not (Path(checkpoint) / HYPERNET_FILE).is_file():
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: not a TAGI checkpoint (no {HYPERNET_FILE}; "
+                                f"make one with `tagi meta-train` or `tagi pipeline`)")
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="tagi serve", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="TAGI checkpoint directory (e.g. runs/tiny/hypernet)")
     p.add_argument("--host", default=None, help="bind address (default: serve.host of the config, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the serve: section, e.g. max_batch_size=16")
-    p.add_argument("--num-cpus", type=float, default=None, help="CPUs per replica (default: Serve's)")
+    p.add_argument("--num-cpus", type=float, default=None, help="CPUs per replica (default: sized to the cluster)")
     p.add_argument("--address", default="", help="Ray address (default: RAY_ADDRESS or a local cluster)")
     args = p.parse_args(argv)
     overrides = {}
@@ -48,15 +109,18 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             p.error(f"--set {item!r}: expected KEY=VALUE")
         overrides[key.removeprefix("serve.")] = yaml.safe_load(value)
-    url = start(args.checkpoint, args.host, args.port, overrides, args.num_cpus, args.address)
-    print(f"tagi-ray serving {args.checkpoint} at {url}  (try: curl {url}/healthz; Ctrl-C stops)", flush=True)
     try:
+        check_checkpoint(args.checkpoint)  # before a cluster starts
+        connect(args.address)
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)  # after ray.init (it installs its own): stop cleanly
+        url = start(args.checkpoint, args.host, args.port, overrides, args.num_cpus, args.address)
+        print(f"tagi-ray serving {args.checkpoint} at {url}  (try: curl {url}/healthz; Ctrl-C stops)", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        from ray import serve
-
-        serve.shutdown()
+        pass
+    finally:
+        stop(APP_NAME)
     return 0
 
 

@@ -45,6 +45,6 @@ def load_checkpoint(ckpt_dir: str | Path) -> tuple[TagiModel, object, TagiConfig
         raise FileNotFoundError(f"{ckpt} is not a tagi-ray checkpoint (no {HYPERNET_FILE})")
     cfg = load_config(ckpt / "config.yaml")
     bundle = load_pretrained(str(ckpt / "base"), cfg.model.dtype)
-    model = TagiModel(bundle, cfg.lora, cfg.hypernet)
+    model = TagiModel(bundle, cfg.lora, cfg.hypernet, cfg.instruction)
     model.hypernet.load_state_dict(load_file(str(ckpt / HYPERNET_FILE)))
     return model.eval(), bundle.tokenizer, cfg

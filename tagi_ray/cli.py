@@ -1,39 +1,72 @@
 """The `tagi` command: one subcommand per stage of the pipeline.
 
-Ray jobs (teachers, meta-train, pipeline, eval, tune, serve, demo) parse their own arguments;
-config errors exit with status 2 and name the key and value.
+Ray jobs (teachers, meta-train, pipeline, eval, tune, serve, demo) parse their own arguments.
+A user error (bad config, missing file, bad value) prints one line naming it and exits non-zero;
+`--debug` (anywhere on the line, or TAGI_DEBUG=1) shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tagi_ray.config import ConfigError
 
-# subcommands that are Ray jobs: `tagi NAME ARGS` runs `jobs/<module>.py ARGS` in this process
-JOB_COMMANDS = {
-    "teachers": ("jobs.train_teachers", "train one LoRA teacher per training task (Ray Train)"),
-    "meta-train": ("jobs.meta_train", "meta-train the hypernetwork, both stages (Ray Train + DeepSpeed)"),
-    "pipeline": ("jobs.pipeline", "data -> teachers -> meta-training -> evaluation -> report, resumable"),
-    "demo": ("jobs.demo", "the embedded default end to end: pipeline, then Serve answers a held-out task"),
-    "serve": ("serve.main", "serve adapter generation + inference over HTTP (Ray Serve)"),
-    "eval": ("jobs.evaluate", "evaluate a checkpoint on held-out tasks; metrics.json + report.md"),
-    "tune": ("tune.sweep", "Ray Tune sweep over loss weights, LoRA rank and lr (ASHA on validation tasks)"),
+# subcommands that are Ray jobs: `tagi NAME ARGS` runs the job's main(ARGS) in this process
+JOB_HELP = {
+    "teachers": "train one LoRA teacher per training task (Ray Train)  [jobs/train_teachers.py]",
+    "meta-train": "meta-train the hypernetwork, both stages (Ray Train + DeepSpeed)  [jobs/meta_train.py]",
+    "pipeline": "data -> teachers -> meta-training -> evaluation -> report, resumable  [jobs/pipeline.py]",
+    "demo": "the embedded default end to end: pipeline, then Serve answers a held-out task  [jobs/demo.py]",
+    "serve": "serve adapter generation + inference over HTTP (Ray Serve)  [serve/main.py]",
+    "eval": "evaluate a checkpoint on held-out tasks; metrics.json + report.md  [jobs/evaluate.py]",
+    "tune": "Ray Tune sweep over loss weights, LoRA rank and lr (ASHA on validation tasks)  [tune/sweep.py]",
 }
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="YAML preset (default: configs/tiny.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
+class UserError(Exception):
+    """Something the user can fix (e.g. the cluster lacks what a command asks for)."""
+
+
+# errors a user can fix: shown as one line (anything else too, with a hint to use --debug)
+USER_ERRORS = (UserError, ConfigError, FileNotFoundError, NotADirectoryError, ValueError, KeyError)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line (`prog: error: ... (see prog --help)`)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def job_main(name: str) -> Callable[[list[str]], int]:
+    """The main() of a job subcommand (imported only when that subcommand runs)."""
+    if name == "teachers":
+        from tagi_ray.jobs.train_teachers import main
+    elif name == "meta-train":
+        from tagi_ray.jobs.meta_train import main
+    elif name == "pipeline":
+        from tagi_ray.jobs.pipeline import main
+    elif name == "demo":
+        from tagi_ray.jobs.demo import main
+    elif name == "eval":
+        from tagi_ray.jobs.evaluate import main
+    elif name == "tune":
+        from tagi_ray.tune.sweep import main
+    elif name == "serve":
+        from tagi_ray.serve.main import main
+    else:
+        raise KeyError(name)
+    return main
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     """Export SNI tasks to an Arrow/Parquet table, or write the embedded suite as SNI JSON."""
-    from tagi_ray.data.export import export_sni_table
     from tagi_ray.data.builtin import write_suite
+    from tagi_ray.data.export import export_sni_table
 
     if args.builtin:
         out = write_suite(args.out, seed=args.seed, n_instances=args.n_instances)
@@ -41,8 +74,9 @@ def cmd_data(args: argparse.Namespace) -> int:
         if args.sni is None:
             return 0
     if args.sni is None:
-        print("tagi data: give --sni DIR (export a table) or --builtin (write the embedded suite)", file=sys.stderr)
-        return 2
+        raise ValueError("give --sni DIR (export a table) or --builtin (write the embedded suite)")
+    if not Path(args.sni).is_dir():
+        raise NotADirectoryError(f"--sni {args.sni}: no such directory")
     summary = export_sni_table(args.sni, args.out, splits=args.split, max_instances=args.max_instances,
                                max_eval_instances=args.max_eval_instances, seed=args.seed)
     print(json.dumps(summary, indent=1))
@@ -53,15 +87,21 @@ def cmd_export_adapter(args: argparse.Namespace) -> int:
     """Generate the adapter for an instruction from a checkpoint; write it as a PEFT directory."""
     from tagi_ray.export_adapter import export_generated_adapter
 
-    examples = json.loads(Path(args.examples).read_text()) if args.examples else []
+    examples = []
+    if args.examples:
+        try:
+            examples = json.loads(Path(args.examples).read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--examples {args.examples}: not valid JSON ({exc})") from None
     out = export_generated_adapter(args.checkpoint, args.instruction, args.out, examples)
     print(f"wrote PEFT adapter to {out}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tagi", description="TAGI on Ray: instructions -> LoRA adapters.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser = OneLineParser(prog="tagi", description="TAGI on Ray: instructions -> LoRA adapters.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
 
     p = sub.add_parser("data", help="export SNI tasks to Arrow/Parquet, or write the embedded task suite")
     p.add_argument("--sni", default=None, help="SNI directory (tasks/ + train_tasks.txt/test_tasks.txt)")
@@ -75,9 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 if any task file failed to load")
     p.set_defaults(func=cmd_data)
 
-    for name, (module, text) in JOB_COMMANDS.items():
-        # parsed by the job's own main(); listed here for `tagi --help`
-        sub.add_parser(name, help=f"{text} (= python {module.replace('.', '/')}.py)", add_help=False)
+    for name, text in JOB_HELP.items():  # parsed by the job's own main(); listed for `tagi --help`
+        sub.add_parser(name, help=text, add_help=False)
     p = sub.add_parser("export-adapter", help="write the adapter generated for an instruction as a PEFT directory")
     p.add_argument("--checkpoint", required=True, help="TAGI checkpoint directory")
     p.add_argument("--instruction", required=True, help="the task definition")
@@ -87,23 +126,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(argv: list[str]) -> int:
+    if argv and argv[0] in JOB_HELP:
+        return job_main(argv[0])(argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, KeyError):
+        text = f"unknown {text}"
+    return text[:600] + ("..." if len(text) > 600 else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in JOB_COMMANDS:
-        import importlib
-
-        module = importlib.import_module(JOB_COMMANDS[argv[0]][0])
-        try:
-            return module.main(argv[1:])
-        except ConfigError as exc:
-            print(f"config error: {exc}", file=sys.stderr)
-            return 2
-    args = build_parser().parse_args(argv)
+    debug = "--debug" in argv or os.environ.get("TAGI_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    command = f"tagi {argv[0]}" if argv and not argv[0].startswith("-") else "tagi"
     try:
-        return args.func(args)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+        return _run(argv)
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001  (one line for the user; --debug for the traceback)
+        if debug:
+            raise
+        kind = "config error" if isinstance(exc, ConfigError) else "error" if isinstance(exc, USER_ERRORS) \
+            else f"error ({type(exc).__name__}; rerun with --debug for the traceback)"
+        print(f"{command}: {kind}: {_one_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
 
 
 if __name__ == "__main__":

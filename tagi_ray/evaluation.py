@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
+import torch
 from tqdm.auto import tqdm
 
-from tagi_ray.batching import prompt_batch
 from tagi_ray.config import TagiConfig
 from tagi_ray.data.prompts import parse_prompt_format
 from tagi_ray.data.tables import select_split
@@ -24,6 +24,7 @@ from tagi_ray.inference import generate_plain, generate_with_instructions
 from tagi_ray.metrics import grouped_metrics
 from tagi_ray.tagi import TagiModel
 from tagi_ray.training.examples import Example, table_examples
+from tagi_ray.training.teacher_store import completed_tasks, load_teacher_bank
 
 METHODS = ("tagi", "tagi_no_fusion", "base", "prompt", "teacher")
 
@@ -45,7 +46,7 @@ def predict(model: TagiModel, tokenizer, cfg: TagiConfig, method: str, examples:
     m, out = cfg.model, []
     for chunk in _chunks(list(examples), batch_size):
         if method in ("tagi", "tagi_no_fusion"):
-            fuse = cfg.hypernet.fusion and method == "tagi"
+            fuse = cfg.instruction.fusion and method == "tagi"
             out += generate_with_instructions(model, tokenizer, m, [e.instruction for e in chunk],
                                               [e.source for e in chunk], m.max_target_length, fuse=fuse)
         elif method == "base":
@@ -61,25 +62,17 @@ def predict(model: TagiModel, tokenizer, cfg: TagiConfig, method: str, examples:
 
 
 def _teacher_predict(model: TagiModel, tokenizer, cfg: TagiConfig, chunk: Sequence[Example], teachers_dir: Path):
-    import torch
-
-    from tagi_ray.training.teachers import load_teacher_bank
-
     tasks = sorted({e.task for e in chunk})
     bank, rows = load_teacher_bank(teachers_dir, tasks, cfg.lora.rank, cfg.lora.alpha)
-    ids, mask = prompt_batch(tokenizer, model.is_encoder_decoder, [e.source for e in chunk], cfg.model.max_source_length)
-    index = torch.tensor([rows[e.task] for e in chunk])
-    with torch.no_grad():
-        tokens = model.generate(ids, mask, bank, index, None, cfg.model.max_target_length, fuse=False)
-    return tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    index = torch.tensor([rows[e.task] for e in chunk], device=model.device)
+    return generate_plain(model, tokenizer, [e.source for e in chunk], cfg.model.max_source_length,
+                          cfg.model.max_target_length, bank.to(model.device), index)
 
 
 def evaluate(model: TagiModel, tokenizer, cfg: TagiConfig, table: pa.Table, methods: Sequence[str] = METHODS,
              teachers_dir: Path | None = None, split: str = "test", batch_size: int = 32) -> dict:
     """{format: {method: grouped metrics (per_task, per_category, overall)}} on `split` tasks.
     `teacher` is evaluated only on tasks that have a complete teacher under `teachers_dir`."""
-    from tagi_ray.training.teachers import completed_tasks
-
     rows = select_split(table, split)
     with_teacher = completed_tasks(teachers_dir) if teachers_dir else set()
     results: dict[str, dict] = {}

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tagi_ray.adapters import export_peft
-from tagi_ray.batching import instruction_batch
 from tagi_ray.checkpoint import load_checkpoint
 from tagi_ray.data.prompts import instruction_text
+from tagi_ray.inference import generate_adapters
 
 
 def export_generated_adapter(checkpoint: str | Path, instruction: str, out_dir: str | Path,
@@ -17,8 +17,7 @@ def export_generated_adapter(checkpoint: str | Path, instruction: str, out_dir: 
     base_model_name_or_path is the checkpoint's base."""
     model, tokenizer, cfg = load_checkpoint(checkpoint)
     text = instruction_text(instruction, list(examples), len(examples))
-    ids, mask, _ = instruction_batch(tokenizer, model.is_encoder_decoder, [text], cfg.model.max_instruction_length)
-    adapter = model.generate_adapter(model.encode_instruction(ids, mask))
+    adapter = generate_adapters(model, tokenizer, cfg.model.max_instruction_length, [text]).weights
     return export_peft(adapter, model.targets, cfg.lora.rank, cfg.lora.alpha, model.arch,
                        str(Path(checkpoint).resolve() / "base"), out_dir,
                        metadata={"instruction": json.dumps(text)})

@@ -1,36 +1,64 @@
-"""Text in, text out: greedy generation with generated adapters or instruction-in-prompt."""
+"""Text in, text out: instructions -> generated adapters, and generation with them.
+
+`generate_adapters` is THE instruction -> adapter function (export, serving, evaluation and
+the CLI all call it): each distinct instruction is tokenized, encoded once by the frozen base
+and turned into one adapter by the hypernetwork.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from tagi_ray.batching import instruction_batch, prompt_batch
 from tagi_ray.config import ModelConfig
-from tagi_ray.tagi import TagiModel
+from tagi_ray.lora import LoraWeights
+from tagi_ray.tagi import Instruction, TagiModel
+
+
+@dataclass
+class GeneratedAdapters:
+    """N distinct instructions, encoded (for fusion) and turned into N adapters; `index[i]` is
+    the row of the i-th input instruction, `tokens[j]` the length of instruction j."""
+
+    instruction: Instruction
+    weights: LoraWeights
+    index: torch.Tensor
+    tokens: list[int]
+
+
+@torch.no_grad()
+def generate_adapters(model: TagiModel, tokenizer, max_instruction_length: int,
+                      instructions: Sequence[str]) -> GeneratedAdapters:
+    """Encode each distinct instruction once (base, no adapter) and generate its adapter."""
+    ids, mask, index = instruction_batch(tokenizer, model.is_encoder_decoder, instructions, max_instruction_length)
+    device = model.device
+    encoded = model.encode_instruction(ids.to(device), mask.to(device))
+    return GeneratedAdapters(encoded, model.generate_adapter(encoded), index.to(device), mask.sum(1).tolist())
 
 
 @torch.no_grad()
 def generate_with_instructions(model: TagiModel, tokenizer, mcfg: ModelConfig, instructions: Sequence[str],
                                sources: Sequence[str], max_new_tokens: int, use_adapter: bool = True,
                                fuse: bool | None = None) -> list[str]:
-    """TAGI inference: each distinct instruction is encoded once and turned into one adapter;
-    every source is generated with its own instruction's adapter, in one batch."""
-    ids, mask, index = instruction_batch(tokenizer, model.is_encoder_decoder, instructions,
-                                         mcfg.max_instruction_length)
-    instr = model.encode_instruction(ids, mask)
-    adapter = model.generate_adapter(instr) if use_adapter else None
+    """TAGI inference: every source is generated with its own instruction's adapter, in one batch."""
+    gen = generate_adapters(model, tokenizer, mcfg.max_instruction_length, instructions)
     src_ids, src_mask = prompt_batch(tokenizer, model.is_encoder_decoder, sources, mcfg.max_source_length)
-    tokens = model.generate(src_ids, src_mask, adapter, index, instr, max_new_tokens, fuse=fuse)
+    tokens = model.generate(src_ids.to(model.device), src_mask.to(model.device), gen.weights if use_adapter else None,
+                            gen.index, gen.instruction, max_new_tokens, fuse=fuse)
     return tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
 
 @torch.no_grad()
 def generate_plain(model: TagiModel, tokenizer, sources: Sequence[str], max_source: int,
-                   max_new_tokens: int) -> list[str]:
-    """The base alone (e.g. the instruction-in-prompt baseline: sources are full prompts)."""
+                   max_new_tokens: int, adapter: LoraWeights | None = None, index: torch.Tensor | None = None
+                   ) -> list[str]:
+    """The base alone, or with given adapters (e.g. teachers), no fusion: sources are whole prompts."""
     ids, mask = prompt_batch(tokenizer, model.is_encoder_decoder, sources, max_source)
-    return tokenizer.batch_decode(model.generate(ids, mask, max_new_tokens=max_new_tokens), skip_special_tokens=True)
+    tokens = model.generate(ids.to(model.device), mask.to(model.device), adapter, index, None, max_new_tokens,
+                            fuse=False)
+    return tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
 
 @torch.no_grad()
@@ -43,5 +71,5 @@ def fit_hypernet_input_stats(model: TagiModel, tokenizer, mcfg: ModelConfig, ins
     for i in range(0, len(uniq), batch_size):
         ids, mask, _ = instruction_batch(tokenizer, model.is_encoder_decoder, uniq[i:i + batch_size],
                                          mcfg.max_instruction_length)
-        pooled.append(model.encode_instruction(ids, mask).pooled)
+        pooled.append(model.encode_instruction(ids.to(model.device), mask.to(model.device)).pooled)
     model.hypernet.fit_input_stats(torch.cat(pooled))

@@ -77,14 +77,13 @@ def tagi_loss(cfg: LossConfig, student_logits: torch.Tensor, labels: torch.Tenso
               teacher_weights: LoraWeights | None = None) -> LossTerms:
     """The combined loss; terms whose weight is 0 (or whose teacher input is None) are skipped."""
     terms = LossTerms(total=student_logits.new_zeros((), dtype=torch.float32))
-    if cfg.lambda_ce > 0:
+    if cfg.uses_ce:
         terms.ce = ce_loss(student_logits, labels)
         terms.total = terms.total + cfg.lambda_ce * terms.ce
-    if cfg.lambda_kl > 0 and teacher_logits is not None:
+    if cfg.uses_kl and teacher_logits is not None:
         terms.kl = kl_loss(student_logits, teacher_logits, labels, cfg.temperature)
         terms.total = terms.total + cfg.lambda_kl * terms.kl
-    use_ins = cfg.lambda_ins == "sigmoid" or float(cfg.lambda_ins) > 0
-    if use_ins and generated is not None and teacher_weights is not None:
+    if cfg.uses_ins and generated is not None and teacher_weights is not None:
         terms.ins = ins_loss(generated, teacher_weights)
         terms.lambda_ins = lambda_ins_value(cfg, terms.ins)
         terms.total = terms.total + terms.lambda_ins * terms.ins

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from tagi_ray.batching import dedup, instruction_batch, prompt_batch
+from tagi_ray.batching import dedup, prompt_batch
 from tagi_ray.config import TagiConfig
 from tagi_ray.data.prompts import instance_text, instruction_text
+from tagi_ray.inference import generate_adapters
 from tagi_ray.lora import LoraWeights
 from tagi_ray.tagi import Instruction, TagiModel
 
@@ -105,16 +106,11 @@ class AdapterFactory:
     def adapter_id(self, instruction: str, examples: Sequence[Mapping[str, str]] = ()) -> str:
         return adapter_id(self.ckpt_hash, instruction, examples)
 
-    @torch.no_grad()
     def create(self, instruction: str, examples: Sequence[Mapping[str, str]] = ()) -> AdapterEntry:
         text = instruction_text(instruction, list(examples), len(examples))
-        ids, mask, _ = instruction_batch(self.tokenizer, self.model.is_encoder_decoder, [text],
-                                         self.cfg.model.max_instruction_length)
-        device = next(self.model.parameters()).device
-        encoded = self.model.encode_instruction(ids.to(device), mask.to(device))
-        weights = self.model.generate_adapter(encoded)
-        return AdapterEntry(self.adapter_id(instruction, examples), weights.detach().to("cpu"), encoded.to("cpu"),
-                            int(mask.sum()))
+        gen = generate_adapters(self.model, self.tokenizer, self.cfg.model.max_instruction_length, [text])
+        return AdapterEntry(self.adapter_id(instruction, examples), gen.weights.detach().to("cpu"),
+                            gen.instruction.to("cpu"), gen.tokens[0])
 
 
 @torch.no_grad()
@@ -125,7 +121,7 @@ def generate_mixed(model: TagiModel, tokenizer, cfg: TagiConfig, entries: Sequen
     `entries[i]` is instance i's adapter; each output is cut at its own max_new_tokens."""
     if not (len(entries) == len(inputs) == len(max_new_tokens)):
         raise ValueError("entries, inputs and max_new_tokens must have the same length")
-    device = next(model.parameters()).device
+    device = model.device
     by_id = {e.adapter_id: e for e in entries}
     ids, index = dedup([e.adapter_id for e in entries])
     index = index.to(device)

@@ -3,12 +3,12 @@
     instr = model.encode_instruction(instr_ids, instr_mask)   # once per task
     adapter = model.generate_adapter(instr)                   # cacheable LoraWeights
     logits, labels = model(input_ids, mask, labels, adapter, index, instr)
-    tokens = model.generate(input_ids, mask, adapter, index, instr)
+    tokens = model.generate(input_ids, mask, adapter, index, instr)   # transformers' generate
 
 `index[i]` names example i's adapter/instruction, so one batch can mix tasks. Instruction
-fusion (switch: `hypernet.fusion`): for T5 the instruction's encoder states are concatenated in
-front of the instance's encoder output (masks too) for cross-attention; for decoder-only models
-the instruction is a prefix whose key/values were computed once in `encode_instruction`.
+fusion (switch: `instruction.fusion`): for T5 the instruction's encoder states are concatenated
+in front of the instance's encoder output (masks too) for cross-attention; for decoder-only
+models the instruction is a prefix whose key/values were computed once in `encode_instruction`.
 The instruction is always encoded by the base without any adapter.
 """
 from __future__ import annotations
@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import DynamicLayer
 from transformers.modeling_outputs import BaseModelOutput
 
-from tagi_ray.config import HypernetConfig, LoraConfig
+from tagi_ray.config import HypernetConfig, InstructionConfig, LoraConfig
 from tagi_ray.hypernet import HyperNetwork
 from tagi_ray.lora import BatchedLora, LoraWeights, find_targets
 from tagi_ray.models.base import BaseBundle
@@ -110,8 +110,10 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class TagiModel(nn.Module):
-    def __init__(self, bundle: BaseBundle, lora: LoraConfig, hypernet: HypernetConfig):
+    def __init__(self, bundle: BaseBundle, lora: LoraConfig, hypernet: HypernetConfig,
+                 instruction: InstructionConfig | None = None):
         super().__init__()
+        instruction = instruction or InstructionConfig()
         self.base = bundle.model
         self.arch = bundle.arch
         self.base.requires_grad_(False)
@@ -119,9 +121,8 @@ class TagiModel(nn.Module):
         self.eos_id = bundle.tokenizer.eos_token_id
         self.targets = find_targets(self.base, self.arch, lora.target_modules)
         self.lora = BatchedLora(self.base, self.targets, lora.rank, lora.alpha, lora.dropout)
-        self.lora_cfg, self.hypernet_cfg = lora, hypernet
-        self.fusion = hypernet.fusion
-        self.pooling = hypernet.pooling
+        self.fusion = instruction.fusion
+        self.pooling = instruction.pooling
         d_model = self.base.config.d_model if self.arch == "t5" else self.base.config.hidden_size
         self.hypernet = HyperNetwork(d_model, self.targets, lora.rank, hypernet.hidden_dim, hypernet.embed_dim,
                                      hypernet.init_scale)
@@ -129,6 +130,10 @@ class TagiModel(nn.Module):
     @property
     def is_encoder_decoder(self) -> bool:
         return self.arch == "t5"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.base.parameters()).device
 
     # ---- instruction side -------------------------------------------------------------
     def encode_instruction(self, ids: torch.Tensor, mask: torch.Tensor) -> Instruction:
@@ -141,7 +146,7 @@ class TagiModel(nn.Module):
             else:
                 out = self.base.model(input_ids=ids, attention_mask=mask, use_cache=self.fusion,
                                       output_hidden_states=want_layers)
-                past = (tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
+                past = (tuple((layer.keys, layer.values) for layer in out.cache.layers)
                         if self.fusion else None)
         states = out.last_hidden_state
         pool_states = (out.hidden_states[1] + out.hidden_states[-1]) / 2 if want_layers else states
@@ -184,55 +189,34 @@ class TagiModel(nn.Module):
                 return out.logits, labels
             cache, full = self._prefix(instruction, index, input_ids.shape[0], fuse, attention_mask)
             pos = (full.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
-            out = self.base(input_ids=input_ids, attention_mask=full, position_ids=pos, past_key_values=cache,
-                            use_cache=True)
+            out = self.base(input_ids=input_ids, attention_mask=full, position_ids=pos, cache=cache, use_cache=True)
             return out.logits[:, :-1], labels[:, 1:]
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter: LoraWeights | None = None,
                  index: torch.Tensor | None = None, instruction: Instruction | None = None,
-                 max_new_tokens: int = 32, fuse: bool | None = None) -> list[list[int]]:
-        """Greedy decoding for a batch with heterogeneous adapters. Causal LMs: left-padded prompts.
-        Returns each example's new tokens up to (not including) EOS."""
+                 max_new_tokens: int = 32, fuse: bool | None = None, **options) -> list[list[int]]:
+        """transformers' `generate` over a batch whose examples carry different adapters (and
+        fused instructions). Greedy unless `options` (generate's keyword arguments: do_sample,
+        temperature, logits_processor, stopping_criteria, ...) say otherwise. Causal LMs:
+        left-padded prompts. Returns each example's new tokens up to (not including) EOS."""
         fuse = self.fusion if fuse is None else fuse
-        batch = input_ids.shape[0]
-        done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-        steps: list[torch.Tensor] = []
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+                                  decoder_start_token_id=getattr(self.base.config, "decoder_start_token_id", None))
         with self.lora.apply(adapter, index):
             if self.is_encoder_decoder:
                 enc, mask = self._encode_t5(input_ids, attention_mask, instruction, index, fuse)
-                cur = torch.full((batch, 1), self.base.config.decoder_start_token_id, device=input_ids.device)
-                cache = None
-                for _ in range(max_new_tokens):
-                    out = self.base(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=cur,
-                                    past_key_values=cache, use_cache=True)
-                    cache = out.past_key_values
-                    cur = self._next(out.logits, done, steps)
-                    if bool(done.all()):
-                        break
+                out = self.base.generate(encoder_outputs=enc, attention_mask=mask, generation_config=config, **options)
+                new = out[:, 1:]  # after the decoder start token
             else:
-                cache, full = self._prefix(instruction, index, batch, fuse, attention_mask)
-                pos = (full.long().cumsum(-1) - 1).clamp(min=0)
-                cur, cur_pos = input_ids, pos[:, -input_ids.shape[1]:]
-                for _ in range(max_new_tokens):
-                    out = self.base(input_ids=cur, attention_mask=full, position_ids=cur_pos,
-                                    past_key_values=cache, use_cache=True)
-                    cache = out.past_key_values
-                    cur = self._next(out.logits, done, steps)
-                    if bool(done.all()):
-                        break
-                    full = torch.cat([full, torch.ones_like(cur, dtype=full.dtype)], dim=1)
-                    cur_pos = cur_pos[:, -1:] + 1
-        tokens = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(batch)]
+                # generate expects the ids of every cached position too; the prefix's are never read
+                cache, full = self._prefix(instruction, index, input_ids.shape[0], fuse, attention_mask)
+                ids = torch.cat([input_ids.new_full((input_ids.shape[0], full.shape[1] - input_ids.shape[1]),
+                                                    self.pad_id), input_ids], dim=1)
+                out = self.base.generate(input_ids=ids, attention_mask=full, cache=cache, generation_config=config,
+                                         **options)
+                new = out[:, ids.shape[1]:]
+        rows = new.tolist()
         return [[t for t in row[: row.index(self.eos_id)] if t != self.pad_id] if self.eos_id in row else
-                [t for t in row if t != self.pad_id] for row in tokens]
-
-    def _next(self, logits: torch.Tensor, done: torch.Tensor, steps: list) -> torch.Tensor:
-        nxt = logits[:, -1].argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, self.eos_id), nxt)
-        steps.append(nxt)
-        done |= nxt == self.eos_id
-        return nxt[:, None]
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+                [t for t in row if t != self.pad_id] for row in rows]

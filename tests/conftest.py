@@ -59,7 +59,8 @@ def tiny_test_config(**sections):
 @pytest.fixture(scope="session")
 def warm_run(tmp_path_factory):
     """A run directory with the task table and a (briefly) warmed-up base, shared by the Ray tests."""
-    from tagi_ray.run_dir import RunDir, ensure_base, ensure_data
+    from tagi_ray.run_dir import RunDir
+    from tagi_ray.stages import ensure_base, ensure_data
 
     run = RunDir(tmp_path_factory.mktemp("warm_run"))
     cfg = tiny_test_config()

@@ -14,7 +14,7 @@ INSTRUCTIONS = ["Reverse the words.", "Reverse the letters.", "Return the last w
 
 
 def make_model(arch, fusion=True, targets=("q", "v")):
-    cfg = load_config(overrides=[f"hypernet.fusion={str(fusion).lower()}", f"lora.target_modules=[{','.join(targets)}]"])
+    cfg = load_config(overrides=[f"instruction.fusion={str(fusion).lower()}", f"lora.target_modules=[{','.join(targets)}]"])
     bundle = build_tiny(cfg.model, arch)
     return TagiModel(bundle, cfg.lora, cfg.hypernet).eval(), bundle.tokenizer
 

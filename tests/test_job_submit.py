@@ -169,5 +169,29 @@ def test_pipeline_as_ray_job(ray_head, tmp_path):
     assert len(rows) == 8 and all(r["status"] == "complete" and (out / "teachers" / r["task"]).is_dir() for r in rows)
     assert all((out / "teachers" / r["task"] / "adapter_config.json").is_file() for r in rows)  # PEFT dirs
     assert (out / "hypernet" / "hypernet.safetensors").is_file() and (out / "hypernet" / "config.yaml").is_file()
-    assert (out / "metrics.json").is_file() and (out / "report.md").is_file()
-    assert json.loads((out / "metrics.json").read_text())  # evaluation results, not an empty file
+    assert (out / "report.md").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"def", "def+2pos"} and "tagi" in metrics["def"]  # evaluation results
+
+    # the same cluster serves the result with Serve's own CLI and serve/config.yaml
+    import requests
+    import yaml
+
+    config = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
+    port = _free_ports(1)[0]
+    config["http_options"]["port"] = port
+    config["applications"][0]["args"]["checkpoint"] = str(out / "hypernet")
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
+    serve_cli = str(Path(sys.executable).parent / "serve")
+    subprocess.run([serve_cli, "deploy", "--address", ray_head.address, str(tmp_path / "serve.yaml")], env=_env(),
+                   check=True, timeout=120, capture_output=True)
+    deadline, answer = time.time() + 120, None
+    while time.time() < deadline and answer is None:
+        try:
+            r = requests.post(f"http://127.0.0.1:{port}/v1/generate", timeout=30,
+                              json={"instruction": "Reverse the words.", "inputs": ["a b c"], "max_new_tokens": 8})
+            answer = r.json() if r.status_code == 200 else None
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    assert answer is not None and len(answer["outputs"]) == 1, "serve deploy serve/config.yaml never answered"

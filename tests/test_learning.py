@@ -1,7 +1,8 @@
-"""The single-process loop learns on the embedded suite, and the result is usable end to end."""
+"""The production meta-training loop (DeepSpeed, run in this process without Ray) learns on the
+embedded suite, and the result is usable end to end."""
+import json
 import random
 import statistics
-import time
 from dataclasses import replace
 
 import pytest
@@ -13,46 +14,56 @@ from tagi_ray.cli import main
 from tagi_ray.config import LossConfig, load_config
 from tagi_ray.data.builtin import write_suite
 from tagi_ray.data.export import build_table
-from tagi_ray.data.tables import select_split
+from tagi_ray.data.tables import select_split, write_table
 from tagi_ray.inference import generate_with_instructions
+from tagi_ray.jobs.meta_train import run_meta_training
 from tagi_ray.models import load_pretrained
+from tagi_ray.run_dir import RunDir
 from tagi_ray.training.examples import table_examples
-from tagi_ray.training.local import train_local
+from tagi_ray.training.meta import STEPS_LOG
 from tagi_ray.training.steps import make_batch, tagi_step
+
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """Base warm-up (80 steps), then 160 steps of `meta_worker_loop` with L_ce, in-process."""
     root = tmp_path_factory.mktemp("learn")
-    cfg = load_config(overrides=["train.batch_size=8", "train.lr=3e-3", "train.prompt_tuning_lr=3e-3"])
+    cfg = load_config(overrides=["train.batch_size=8", "train.lr=3e-3", "train.prompt_tuning_lr=3e-3",
+                                 "train.prompt_tuning_steps=80", "train.pretrain_steps=0", "train.meta_steps=160",
+                                 "train.checkpoint_every=0", "loss.lambda_kl=0", "loss.lambda_ins=0",
+                                 "ray.cpus_per_worker=2"])
     table, errors = build_table(write_suite(root / "suite", seed=0, n_instances=24), ("train", "test"), 24, 8)
     assert not errors
-    start = time.time()
-    run = train_local(cfg, table, prompt_steps=80, hypernet_steps=160)
-    seconds = time.time() - start
-    ckpt = save_checkpoint(run.model, run.tokenizer, cfg, root / "ckpt")
-    return run, cfg, table, ckpt, seconds
+    run = RunDir(root / "run")
+    write_table(table, run.table)
+    ckpt = run_meta_training(cfg, run, on_ray=False)
+    model, tokenizer, _ = load_checkpoint(ckpt)
+    history = {"prompt_tuning": json.loads((run.base / "prompt_tuning.json").read_text())["history"],
+               "meta": [json.loads(x) for x in (run.root / "meta" / "meta_log" / STEPS_LOG).read_text().splitlines()]}
+    return model, tokenizer, cfg, table, ckpt, history
 
 
 def test_training_loss_falls_by_half(trained):
-    run, _, _, _, seconds = trained
-    losses = [r["loss"] for r in run.history["prompt_tuning"] + run.history["hypernet"]]
+    *_, history = trained
+    losses = [r["loss"] for r in history["prompt_tuning"] + history["meta"]]
     first, last = statistics.mean(losses[:5]), statistics.mean(losses[-10:])
-    print(f"loss {first:.3f} -> {last:.3f} in {seconds:.0f}s")
+    print(f"loss {first:.3f} -> {last:.3f}")
     assert last <= 0.5 * first
-    hyper = [r["loss"] for r in run.history["hypernet"]]
-    assert statistics.mean(hyper[-10:]) < statistics.mean(hyper[:10])  # the hypernetwork stage itself learns
-    assert seconds < 180
+    meta = [r["loss"] for r in history["meta"]]
+    assert [r["step"] for r in history["meta"]] == list(range(1, 161))  # every step of the production loop
+    assert statistics.mean(meta[-10:]) < statistics.mean(meta[:10])  # the hypernetwork stage itself learns
 
 
 def test_adapters_depend_on_the_instruction(trained):
-    run, cfg, table, _, _ = trained
+    model, tokenizer, cfg, table, _, _ = trained
     train = table_examples(select_split(table, "train"), 2)
     tasks = sorted({e.task for e in train})
     by_task = {t: [e for e in train if e.task == t] for t in tasks}
     inputs = [e.source for e in by_task[tasks[0]]][:12]
     # same inputs, different instructions, adapters only (fusion off) -> different outputs
-    outs = {t: generate_with_instructions(run.model, run.tokenizer, cfg.model, [by_task[t][0].instruction] * len(inputs),
+    outs = {t: generate_with_instructions(model, tokenizer, cfg.model, [by_task[t][0].instruction] * len(inputs),
                                           inputs, 16, fuse=False) for t in tasks[:4]}
     differing = sum(len({outs[t][i] for t in outs}) > 1 for i in range(len(inputs)))
     assert differing >= len(inputs) // 2, outs
@@ -68,18 +79,20 @@ def test_adapters_depend_on_the_instruction(trained):
             rng.shuffle(instructions)
             wrong = [replace(e, instruction=i) for e, i in zip(batch, instructions)]
             for examples, sink in ((batch, matched), (wrong, shuffled)):
-                b = make_batch(run.model, run.tokenizer, examples, cfg.model, with_prompt=False)
-                sink.append(float(tagi_step(run.model, b, ce_only)["loss"]))
+                b = make_batch(model, tokenizer, examples, cfg.model, with_prompt=False)
+                sink.append(float(tagi_step(model, b, ce_only)["loss"]))
     print(f"loss with own instruction {statistics.mean(matched):.3f}, shuffled {statistics.mean(shuffled):.3f}")
     assert statistics.mean(matched) < statistics.mean(shuffled) - 0.05
 
 
 def test_checkpoint_round_trip_and_export_adapter_cli(trained, tmp_path):
-    run, cfg, table, ckpt, _ = trained
-    model, tok, cfg2 = load_checkpoint(ckpt)
+    trained_model, trained_tok, cfg, table, ckpt, _ = trained
+    again = save_checkpoint(trained_model, trained_tok, cfg, tmp_path / "again")
+    model, tok, cfg2 = load_checkpoint(again)
     assert cfg2 == cfg
     ex = table_examples(select_split(table, "test"), 2)[:4]
-    a = generate_with_instructions(run.model, run.tokenizer, cfg.model, [e.instruction for e in ex], [e.source for e in ex], 12)
+    a = generate_with_instructions(trained_model, trained_tok, cfg.model, [e.instruction for e in ex],
+                                   [e.source for e in ex], 12)
     b = generate_with_instructions(model, tok, cfg.model, [e.instruction for e in ex], [e.source for e in ex], 12)
     assert a == b
 

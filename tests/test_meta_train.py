@@ -8,9 +8,9 @@ import pyarrow as pa
 import pytest
 from conftest import run_with_shared_base, tiny_test_config
 
-from jobs.evaluate import run_evaluation
-from jobs.meta_train import run_meta_training
-from jobs.train_teachers import run_teachers
+from tagi_ray.jobs.evaluate import run_evaluation
+from tagi_ray.jobs.meta_train import run_meta_training
+from tagi_ray.jobs.train_teachers import run_teachers
 from tagi_ray.checkpoint import load_checkpoint
 from tagi_ray.training.meta import STEPS_LOG, worker_shard
 from tagi_ray.training.pretrain_text import split_text
@@ -89,3 +89,28 @@ def test_worker_shards_partition_the_rows():
         rows = [r for s in shards for r in s.column("row").to_pylist()]
         assert rows == list(range(23))  # disjoint, nothing lost, order kept
         assert max(s.num_rows for s in shards) - min(s.num_rows for s in shards) <= 1
+
+
+def test_meta_loop_runs_without_ray_and_resumes_from_its_own_checkpoints(warm_run, tmp_path):
+    """meta_worker_loop in this process (DeepSpeed on a world-size-1 gloo group): it reports
+    through its context, keeps checkpoints locally, and a longer rerun resumes from the last one."""
+    from tagi_ray.data.tables import read_table, select_split
+    from tagi_ray.training.examples import table_examples
+    from tagi_ray.training.meta import meta_worker_loop
+    from tagi_ray.training.worker import run_in_process
+
+    train = select_split(read_table(warm_run.table), "train")
+    cfg = tiny_test_config(train={"meta_steps": 4, "checkpoint_every": 2, "batch_size": 4},
+                           loss={"lambda_kl": 0.0, "lambda_ins": 0.0})
+    config = {"cfg": cfg.to_dict(), "stage": "meta", "base": str(warm_run.base), "init_hypernet": None,
+              "instructions": [e.instruction for e in table_examples(train, 2)], "teachers_dir": None,
+              "teacher_tasks": [], "log_dir": str(tmp_path / "log"), "data": train}
+    first = run_in_process(meta_worker_loop, config, tmp_path / "ckpt")
+    assert [m["step"] for m in first.metrics] == [2, 4] and not any(m["restored"] for m in first.metrics)
+    with first.as_directory() as d:
+        assert (d / "export" / "hypernet.safetensors").is_file()  # the last checkpoint holds the export
+    cfg.train.meta_steps = 6
+    again = run_in_process(meta_worker_loop, {**config, "cfg": cfg.to_dict()}, tmp_path / "ckpt")
+    assert [m["step"] for m in again.metrics] == [6] and again.metrics[0]["restored"]
+    log = [json.loads(x)["step"] for x in (tmp_path / "log" / STEPS_LOG).read_text().splitlines()]
+    assert log == [1, 2, 3, 4, 5, 6]  # steps 5-6 continued after step 4, nothing redone

@@ -3,15 +3,19 @@ from pathlib import Path
 
 import pytest
 
-from tagi_ray.config import load_config
+from tagi_ray.config import config_from_dict, load_config
+from tagi_ray.lora.targets import ALIASES
+from tagi_ray.models.base import TINY_MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_preset_loads(preset):
+def test_preset_loads_and_round_trips(preset):
     cfg = load_config(preset)
-    assert cfg.lora.rank >= 1 and cfg.model.name
+    assert config_from_dict(cfg.to_dict()) == cfg  # what a run records in config.yaml reads back the same
+    arch = cfg.model.arch if cfg.model.arch != "auto" else TINY_MODELS.get(cfg.model.name, "llama")
+    assert set(cfg.lora.target_modules) <= set(ALIASES[arch]), f"{preset.name}: modules {arch} does not name"
 
 
 def test_paper_preset_is_the_paper_setting():

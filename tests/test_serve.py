@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tarfile
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -16,8 +23,8 @@ from tagi_ray.batching import instruction_batch
 from tagi_ray.checkpoint import load_checkpoint, save_checkpoint
 from tagi_ray.data.prompts import instance_text, instruction_text
 from tagi_ray.inference import generate_with_instructions
-from tagi_ray.run_dir import RunDir, ensure_data
-from tagi_ray.training.local import train_local
+from tagi_ray.jobs.meta_train import run_meta_training
+from tagi_ray.run_dir import RunDir
 from tests.conftest import tiny_test_config
 
 TASKS = [
@@ -38,19 +45,18 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A tiny TAGI checkpoint, trained briefly in-process (no Ray)."""
+    """A tiny TAGI checkpoint, trained briefly by the meta-training loop in this process (no Ray)."""
     root = tmp_path_factory.mktemp("serve_ckpt")
-    cfg = tiny_test_config()
-    table = ensure_data(cfg, RunDir(root / "run"))
-    run = train_local(cfg, table, prompt_steps=10, hypernet_steps=10)
-    return save_checkpoint(run.model, run.tokenizer, cfg, root / "ckpt")
+    cfg = tiny_test_config(train={"prompt_tuning_steps": 10, "pretrain_steps": 0, "meta_steps": 10,
+                                  "checkpoint_every": 0}, loss={"lambda_kl": 0.0, "lambda_ins": 0.0})
+    return run_meta_training(cfg, RunDir(root / "run"), on_ray=False)
 
 
 @pytest.fixture(scope="module")
 def server(ray_cluster, checkpoint):
     from ray import serve
 
-    from serve.main import start
+    from tagi_ray.serve.main import start
 
     url = start(str(checkpoint), "127.0.0.1", _free_port(), overrides={"batch_wait_timeout_s": 0.2, "max_inputs": 8},
                 num_cpus=0.25)
@@ -203,3 +209,54 @@ def test_concurrent_requests_with_distinct_adapters_share_forward_batches(server
         assert result["outputs"] == answers(*TASKS[t], [x]), (TASKS[t][0], x)
     print(f"\n{len(jobs)} concurrent requests, {len(TASKS)} adapters -> {batches} forward batches "
           f"(largest {after['largest_batch']}, up to {after['most_adapters_in_batch']} adapters in one)")
+
+
+def _checkpoint_on_free_port(checkpoint: Path, out: Path) -> tuple[Path, int]:
+    """A copy of the checkpoint whose config serves on a free port (the README's command has no --port)."""
+    import yaml
+
+    shutil.copytree(checkpoint, out)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    port = _free_port()
+    config["serve"]["port"] = port
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    return out, port
+
+
+def _tagi(*args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local cluster, as a user's
+    return subprocess.Popen([str(Path(sys.executable).parent / "tagi"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def test_tagi_serve_as_the_readme_says_is_healthy_within_60s(checkpoint, tmp_path):
+    """`tagi serve --checkpoint DIR`, no other flags, on this machine: /healthz answers in 60 s."""
+    ckpt, port = _checkpoint_on_free_port(checkpoint, tmp_path / "hypernet")
+    start = time.monotonic()
+    proc = _tagi("serve", "--checkpoint", str(ckpt))
+    healthy = None
+    try:
+        while time.monotonic() - start < 60 and proc.poll() is None:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json() == {"status": "ok"}:
+                    healthy = time.monotonic() - start
+                    break
+            except requests.RequestException:
+                time.sleep(1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=120)[0]
+    assert healthy is not None, output[-3000:]
+    print(f"tagi serve healthy after {healthy:.1f} s")
+    assert proc.returncode == 0, output[-3000:]  # SIGTERM stops Serve and its local cluster cleanly
+
+
+def test_tagi_serve_that_cannot_place_its_replicas_fails_in_bounded_time_naming_the_cpus(checkpoint, tmp_path):
+    ckpt, _ = _checkpoint_on_free_port(checkpoint, tmp_path / "hypernet")
+    start = time.monotonic()
+    proc = _tagi("serve", "--checkpoint", str(ckpt), "--num-cpus", "8", "--set", "start_timeout_s=15")
+    output = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 1 and time.monotonic() - start < 90, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("tagi serve: error: Serve app 'tagi' not running after 15 s:"), output[-3000:]
+    assert "needs {'CPU': 8}" in last and "CPUs free" in last, last

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tagi_ray.batching import prompt_batch, train_batch
-from tagi_ray.config import HypernetConfig, LoraConfig, ModelConfig
+from tagi_ray.config import HypernetConfig, InstructionConfig, LoraConfig, ModelConfig
 from tagi_ray.lora import LoraWeights
 from tagi_ray.models import ModelNotFoundError, load_base, load_pretrained, save_base
 from tagi_ray.models import smollm2
@@ -42,7 +42,7 @@ def bundle():
 def model(bundle):
     torch.manual_seed(0)
     return TagiModel(bundle, LoraConfig(rank=4, alpha=8.0, target_modules=["q", "v"]),
-                     HypernetConfig(hidden_dim=32, embed_dim=8, fusion=True)).eval()
+                     HypernetConfig(hidden_dim=32, embed_dim=8), InstructionConfig(fusion=True)).eval()
 
 
 def chat(tokenizer, question: str) -> str:

@@ -11,11 +11,12 @@ from conftest import run_with_shared_base, tiny_test_config
 from tagi_ray.config import ConfigError, load_config
 from tagi_ray.data.tables import read_table, select_split
 from tagi_ray.data.validation import validation_tasks
-from tagi_ray.run_dir import RunDir, ensure_data
+from tagi_ray.run_dir import RunDir
+from tagi_ray.stages import ensure_data
 from tagi_ray.training.meta import STEPS_LOG
-from tagi_ray.training.teachers import MANIFEST
-from tune.space import parse_space
-from tune.sweep import run_sweep
+from tagi_ray.training.teacher_store import MANIFEST
+from tagi_ray.tune.space import parse_space
+from tagi_ray.tune.sweep import run_sweep
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -55,7 +56,6 @@ def test_sweep_four_trials_asha_outputs_and_restore(ray_cluster, warm_run, tmp_p
     assert any(r["status"] == "completed" and r["step"] == META_STEPS for r in rows)
     assert all(r["reports"] == r["step"] // EVERY for r in rows)  # one Tune result per checkpoint
     values = [r["val_loss"] for r in rows]
-    assert values == sorted(values)
 
     # outputs: Tune's experiment, CSV + markdown sorted by val_loss, best preset, plot
     assert (run.ray_storage / "t4").is_dir()
@@ -86,6 +86,8 @@ def test_sweep_four_trials_asha_outputs_and_restore(ray_cluster, warm_run, tmp_p
         assert (trial.teachers.resolve() == fleets[r["lora.rank"]].resolve()) if uses else not trial.teachers.exists()
         log = [json.loads(x) for x in (trial.root / "meta" / "meta_log" / STEPS_LOG).read_text().splitlines()]
         assert [x["step"] for x in log if "val_loss" in x][:r["reports"]] == list(range(EVERY, r["step"] + 1, EVERY))
+        # the table's metric is the trial's own last validation loss, as its worker logged it
+        assert r["val_loss"] == pytest.approx(next(x["val_loss"] for x in log if x["step"] == r["step"]))
     completed = [r for r in rows if r["status"] == "completed"]
     assert all(r["checkpoint"] for r in completed)
 
@@ -118,7 +120,7 @@ def test_default_validation_tasks_are_a_seeded_share_of_training_tasks(warm_run)
 @pytest.mark.parametrize("space, needle", [
     ({"space": {"train.lrr": {"choice": [1e-3]}}}, "unknown key 'train.lrr'"),
     ({"space": {"lora.rank": {"randint": [2, 9]}}}, "lora.rank: use a constant, choice or grid"),
-    ({"space": {"loss.lambda_ins": {"choice": [0.0, "cosine"]}}}, "'cosine' is neither a number nor 'sigmoid'"),
+    ({"space": {"loss.lambda_ins": {"choice": [0.0, "cosine"]}}}, "space: loss.lambda_ins: 'cosine': is neither"),
     ({"space": {"train.lr": {"loguniform": [0.0, 1e-3]}}}, "need 0 < low < high"),
     ({"space": {"ray.num_workers": 2}}, "not searched"),
     ({"space": {"train.lr": {"normal": [0, 1]}}}, "expected a value or one of"),
@@ -132,7 +134,7 @@ def test_space_errors_name_the_entry(space, needle):
 
 
 def test_shipped_spaces_load():
-    from tune.sweep import resolve_config
+    from tagi_ray.tune.sweep import resolve_config
 
     cfg, space = resolve_config(None, str(SPACES / "tiny.yaml"), ["tune.num_samples=1"])
     assert cfg.tune.num_samples == 1 and cfg.train.checkpoint_every == 10  # --set over the space file's sections

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tune.results import METRIC  # noqa: E402
+from tagi_ray.tune.results import METRIC  # noqa: E402
 
 AXES = (("loss.lambda_kl", "λ1 = lambda_kl"), ("lora.rank", "LoRA rank"))
 
@@ -38,7 +38,7 @@ def _scatter(ax, rows: list[dict], key: str, label: str, defaults: dict) -> None
 
 
 def sweep_plot(rows: list[dict], curves: dict[str, list[tuple[int, float]]], defaults: dict, out: Path) -> Path:
-    """`rows` from tune.results.trial_rows; `curves`: trial id -> [(step, metric)];
+    """`rows` from tagi_ray.tune.results.trial_rows; `curves`: trial id -> [(step, metric)];
     `defaults`: values of unsearched keys (from the sweep's config)."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, (key, label) in zip(axes, AXES):

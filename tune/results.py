@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from tagi_ray.config import TagiConfig
-from tune.space import apply_params
+from tagi_ray.tune.space import apply_params
 
 METRIC, MODE = "val_loss", "min"
 

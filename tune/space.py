@@ -128,7 +128,7 @@ def parse_space(data: Any, base: TagiConfig, source: str = "") -> Space:
             try:
                 apply_params(cfg, {p.key: value})
             except ConfigError as exc:
-                raise ConfigError(f"space.{p.key}: {exc}") from None
+                raise ConfigError(f"space: {exc}") from None
     return Space(params, overrides, source)
 
 

@@ -20,17 +20,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.job_args import job_parser
-from jobs.meta_train import uses_teachers
-from jobs.ray_session import connect, storage_path
 from tagi_ray.config import ConfigError, TagiConfig, config_from_dict, load_config
 from tagi_ray.data.validation import validation_tasks
-from tagi_ray.run_dir import RunDir, ensure_base, ensure_data, record_config
-from tune.plot import sweep_plot
-from tune.results import METRIC, MODE, best_row, trial_rows, write_best_config, write_csv, write_markdown
-from tune.space import Space, apply_params, load_space, with_overrides
-from tune.teachers import ensure_fleets
-from tune.trial import sweep_trial
+from tagi_ray.edge.cluster import connect, resources, storage_path
+from tagi_ray.jobs.job_args import job_parser
+from tagi_ray.run_dir import RunDir
+from tagi_ray.stages import ensure_base, ensure_data, record_config
+from tagi_ray.tune.plot import sweep_plot
+from tagi_ray.tune.results import METRIC, MODE, best_row, trial_rows, write_best_config, write_csv, write_markdown
+from tagi_ray.tune.space import Space, apply_params, load_space, with_overrides
+from tagi_ray.tune.teachers import ensure_fleets
+from tagi_ray.tune.trial import sweep_trial
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,7 @@ def trial_resources(cfg: TagiConfig) -> tuple[float, float]:
 
 def check_cluster(cfg: TagiConfig) -> None:
     """A trial must fit the cluster; say how many run at once."""
-    import ray
-
-    have = ray.cluster_resources()
+    have = resources()
     cpus, gpus = trial_resources(cfg)
     if cpus > have.get("CPU", 0) or gpus > have.get("GPU", 0):
         raise ValueError(f"one trial needs {cpus:g} CPUs and {gpus:g} GPUs (tune.driver_cpus + tune.workers_per_trial "
@@ -161,7 +159,8 @@ def _may_use_teachers(space: Space, cfg: TagiConfig) -> bool:
     if kl is None or ins is None:
         return True
     data = cfg.to_dict()
-    return any(uses_teachers(apply_params(data, {"loss.lambda_kl": k, "loss.lambda_ins": i})) for k in kl for i in ins)
+    return any(apply_params(data, {"loss.lambda_kl": k, "loss.lambda_ins": i}).loss.uses_teachers
+               for k in kl for i in ins)
 
 
 def write_outputs(cfg: TagiConfig, space: Space, results, sweep_dir: Path, name: str) -> SweepOutputs:
@@ -195,7 +194,7 @@ def write_outputs(cfg: TagiConfig, space: Space, results, sweep_dir: Path, name:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = job_parser(__doc__.split("\n")[0])
+    p = job_parser(__doc__.split("\n")[0], prog="tagi tune")
     p.add_argument("--space", required=True, help="search space YAML, e.g. tune/spaces/tiny.yaml")
     p.add_argument("--name", default="", help="experiment name (default: tune.name or the space file's stem)")
     p.add_argument("--fresh", action="store_true", help="delete this experiment's previous results and start over")

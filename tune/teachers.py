@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from jobs.train_teachers import run_teachers
+from tagi_ray.jobs.train_teachers import run_teachers
 from tagi_ray.config import TagiConfig, config_from_dict
 from tagi_ray.data.tables import select_split
 from tagi_ray.run_dir import RunDir

@@ -17,8 +17,9 @@ from typing import Any
 from tagi_ray.config import TagiConfig
 from tagi_ray.data.tables import read_table
 from tagi_ray.data.validation import check_validation_tasks, validation_rows
-from tagi_ray.run_dir import RunDir, record_config
-from tune.space import apply_params
+from tagi_ray.run_dir import RunDir
+from tagi_ray.stages import record_config
+from tagi_ray.tune.space import apply_params
 
 
 def trial_config(base: dict, params: dict[str, Any]) -> TagiConfig:
@@ -54,13 +55,13 @@ def sweep_trial(params: dict[str, Any], setup: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from jobs.meta_train import run_meta_training, uses_teachers
+    from tagi_ray.jobs.meta_train import run_meta_training
 
     cfg = trial_config(setup["cfg"], params)
     trial_id = tune.get_context().get_trial_id()
     main = RunDir(Path(setup["run"]))
-    fleet = setup["fleets"].get(cfg.lora.rank) if uses_teachers(cfg) else None
-    if uses_teachers(cfg) and fleet is None:
+    fleet = setup["fleets"].get(cfg.lora.rank) if cfg.loss.uses_teachers else None
+    if cfg.loss.uses_teachers and fleet is None:
         raise RuntimeError(f"trial {trial_id}: no teacher fleet for lora.rank={cfg.lora.rank}")
     run = trial_run(Path(setup["trials"]) / trial_id, main, Path(fleet) if fleet else None)
     record_config(cfg, run)

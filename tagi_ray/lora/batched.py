@@ -37,7 +37,8 @@ class BatchedLora:
         self._active: tuple[LoraWeights, torch.Tensor | None] | None = None
         self._gathered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # per-example A/B of the active block
         modules = dict(model.named_modules())
-        self._handles = [modules[t.name].register_forward_hook(self._hook(t.name)) for t in targets]
+        for t in targets:
+            modules[t.name].register_forward_hook(self._hook(t.name))
 
     def _hook(self, name: str):
         def hook(module: nn.Linear, inputs: tuple, output: torch.Tensor):
@@ -105,9 +106,3 @@ class BatchedLora:
             yield
         finally:
             self._active, self._gathered = previous, previous_gathered
-
-    def remove(self) -> None:
-        """Detach the hooks (the base model is left exactly as it was)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []

@@ -7,10 +7,11 @@ Two stages share this loop:
   bank (teacher logits recomputed through the batched LoRA on the same batch).
 
 Checkpoints are DeepSpeed's: every rank saves its shard into one directory, then every rank
-calls `ray.train.report(metrics, checkpoint=...)`; a restarted worker group resumes from
-`ray.train.get_checkpoint()`. Rank 0 also appends each optimizer step to `steps.jsonl` (the
-training curve, and evidence of which steps ran) and, at the end, writes a standalone TAGI
-checkpoint (no DeepSpeed needed to load it) into the final Ray checkpoint under `export/`.
+calls `ctx.report(metrics, directory)`; a restarted loop resumes from `ctx.latest_checkpoint()`
+(under Ray, Ray Train's checkpoints; in a plain process, `worker.run_in_process`'s). Rank 0 also
+appends each optimizer step to `steps.jsonl` (the training curve, and evidence of which steps
+ran) and, at the end, writes a standalone TAGI checkpoint (no DeepSpeed needed to load it) into
+the final checkpoint under `export/`.
 
 With validation rows ("val_data", tasks split off the training tasks), stage "meta" also
 computes `val_loss` (L_ce of the generated adapters on them) at every checkpoint and adds it to
@@ -22,6 +23,7 @@ import json
 import random
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import pyarrow as pa
@@ -41,8 +43,9 @@ from tagi_ray.training.examples import Example, random_batches, table_examples
 from tagi_ray.training.loop import linear_schedule
 from tagi_ray.training.pretrain_text import split_texts
 from tagi_ray.training.steps import make_batch, tagi_step
-from tagi_ray.training.teachers import InjectedFault, _device, _world, load_teacher_bank
+from tagi_ray.training.teacher_store import load_teacher_bank
 from tagi_ray.training.validation import validation_batches, validation_loss
+from tagi_ray.training.worker import InjectedFault, WorkerContext
 
 PROGRESS_FILE = "progress.json"
 EXPORT_DIR = "export"
@@ -62,7 +65,7 @@ class MetaObjective(torch.nn.Module):
         """`ce_only`: L_ce alone, no teacher (validation tasks have none)."""
         device = next(self.model.parameters()).device
         teacher = None if ce_only else self.teacher
-        loss = LossConfig(lambda_ce=1.0, lambda_kl=0.0, lambda_ins=0.0) if ce_only else self.loss
+        loss = LossConfig.ce_only(self.loss.temperature) if ce_only else self.loss
         ids = [self.teacher_rows[e.task] for e in examples] if teacher is not None else None
         batch = make_batch(self.model, self.tokenizer, examples, self.cfg.model, with_prompt=False, task_ids=ids)
         return {**tagi_step(self.model, batch.to(device), loss, teacher), "tokens": batch.num_tokens}
@@ -103,27 +106,28 @@ def example_stream(table: pa.Table, stage: str, batch_size: int, num_pos: int, s
         yield _rows_to_examples(table.take(rows), stage, num_pos, rng)
 
 
-def _restore(engine, checkpoint) -> tuple[int, bool]:
-    """Load the DeepSpeed state of a Ray checkpoint; returns (next step, restored?)."""
-    if checkpoint is None:
-        return 0, False
-    with checkpoint.as_directory() as d:
-        engine.load_checkpoint(d, tag="ds", load_module_strict=False)
+def _restore(engine, ctx: WorkerContext) -> tuple[int, bool]:
+    """Load the DeepSpeed state of the latest checkpoint, if any; returns (next step, restored?)."""
+    with ctx.latest_checkpoint() as d:
+        if d is None:
+            return 0, False
+        engine.load_checkpoint(str(d), tag="ds", load_module_strict=False)
         return json.loads((Path(d) / PROGRESS_FILE).read_text())["step"], True
 
 
-def meta_worker_loop(config: dict) -> None:
-    """Ray Train worker (also runs without Ray, world size 1). `config`: {"cfg": dict,
+def meta_worker_loop(config: dict, ctx: WorkerContext) -> None:
+    """One meta-training worker (rank `ctx.rank` of `ctx.world_size`). `config`: {"cfg": dict,
     "stage": "pretrain"|"meta", "base": path, "init_hypernet": path|None, "instructions": [str],
     "teachers_dir": path|None, "teacher_tasks": [str], "log_dir": path, "data": Arrow table of
     all ranks' rows, shuffled (each rank takes its `worker_shard`), optional "val_data": Arrow
     table of validation rows (stage "meta": `val_loss` at every checkpoint)}."""
     import deepspeed
 
+    # DeepSpeed's ZeRO calls a torch.distributed function that torch has renamed (not our call)
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
     cfg = config_from_dict(config["cfg"])
     stage = config["stage"]
-    rank, world, in_ray = _world()
-    device = _device(in_ray, cfg.ray.use_gpu)
+    rank, world, device = ctx.rank, ctx.world_size, ctx.device
     on_gpu = device.type == "cuda"
     if not on_gpu:
         skip_shm_build()
@@ -131,7 +135,7 @@ def meta_worker_loop(config: dict) -> None:
     torch.manual_seed(cfg.train.seed)
 
     bundle = load_pretrained(config["base"], cfg.model.dtype)
-    model = TagiModel(bundle, cfg.lora, cfg.hypernet)
+    model = TagiModel(bundle, cfg.lora, cfg.hypernet, cfg.instruction)
     if config.get("init_hypernet"):  # stage 2 starts from stage 1
         model.hypernet.load_state_dict(load_file(str(Path(config["init_hypernet"]) / HYPERNET_FILE)))
     # input standardisation from what this stage's hypernetwork reads (same on every rank)
@@ -139,10 +143,9 @@ def meta_worker_loop(config: dict) -> None:
     params = set_trainable(model, cfg.train.train_layer_norms)
 
     total = cfg.train.pretrain_steps if stage == "pretrain" else cfg.train.meta_steps
-    loss_cfg = LossConfig(lambda_ce=1.0, lambda_kl=0.0, lambda_ins=0.0, temperature=cfg.loss.temperature) \
-        if stage == "pretrain" else cfg.loss
+    loss_cfg = LossConfig.ce_only(cfg.loss.temperature) if stage == "pretrain" else cfg.loss
     teacher, rows = None, {}
-    if stage == "meta" and config.get("teachers_dir") and (loss_cfg.lambda_kl > 0 or loss_cfg.lambda_ins != 0):
+    if stage == "meta" and config.get("teachers_dir") and loss_cfg.uses_teachers:
         teacher, rows = load_teacher_bank(Path(config["teachers_dir"]), config["teacher_tasks"],
                                           cfg.lora.rank, cfg.lora.alpha)
         teacher = teacher.to(device)
@@ -152,12 +155,7 @@ def meta_worker_loop(config: dict) -> None:
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: linear_schedule(s, total, cfg.train.warmup_steps)))
 
-    checkpoint = None
-    if in_ray:
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
-    start, restored = _restore(engine, checkpoint)
+    start, restored = _restore(engine, ctx)
     num_pos = parse_prompt_format(cfg.data.prompt)
     stream = example_stream(worker_shard(config["data"], rank, world), stage, cfg.train.batch_size, num_pos,
                             cfg.train.seed + 7919 * rank + start)
@@ -195,28 +193,23 @@ def meta_worker_loop(config: dict) -> None:
         if (stage == "meta" and step + 1 == cfg.train.fail_at_step and not restored
                 and rank == world - 1):
             raise InjectedFault(f"injected worker failure at {stage} step {step + 1} (train.fail_at_step)")
-        # a report syncs all workers with the controller (~1-2 s here), so metrics go to Ray
-        # with each checkpoint; every step is in steps.jsonl
-        if in_ray and at_checkpoint:
-            _save_and_report(engine, model, bundle.tokenizer, cfg, record, rank, last)
-    if not in_ray:
-        Path(config["log_dir"]).mkdir(parents=True, exist_ok=True)
-        save_checkpoint(model, bundle.tokenizer, cfg, Path(config["log_dir"]) / EXPORT_DIR)
+        # a report syncs all workers (under Ray, ~1-2 s here), so metrics are reported with
+        # each checkpoint; every step is in steps.jsonl
+        if at_checkpoint:
+            _save_and_report(ctx, engine, model, bundle.tokenizer, cfg, record, last)
 
 
-def _save_and_report(engine, model: TagiModel, tokenizer, cfg: TagiConfig, record: dict, rank: int, last: bool) -> None:
+def _save_and_report(ctx: WorkerContext, engine, model: TagiModel, tokenizer, cfg: TagiConfig, record: dict,
+                     last: bool) -> None:
     """Every rank saves its DeepSpeed shard, rank 0 the progress (and, at the end, the
     standalone export); then every rank reports the same directory as the checkpoint."""
-    import ray.train
-    from ray.train import Checkpoint
-
     with tempfile.TemporaryDirectory() as tmp:
         engine.save_checkpoint(tmp, tag="ds")
         if last:
-            _gather_for_export(engine, model, cfg, tokenizer, Path(tmp) / EXPORT_DIR if rank == 0 else None)
-        if rank == 0:
+            _gather_for_export(engine, model, cfg, tokenizer, Path(tmp) / EXPORT_DIR if ctx.rank == 0 else None)
+        if ctx.rank == 0:
             (Path(tmp) / PROGRESS_FILE).write_text(json.dumps({"step": record["step"], "stage": record["stage"]}))
-        ray.train.report(record, checkpoint=Checkpoint.from_directory(tmp))
+        ctx.report(record, Path(tmp))
 
 
 def _gather_for_export(engine, model: TagiModel, cfg: TagiConfig, tokenizer, out: Path | None) -> None:

@@ -44,12 +44,13 @@ def tagi_step(model: TagiModel, batch: Batch, loss_cfg: LossConfig, teacher: Lor
     logits, labels = model(batch.input_ids, batch.attention_mask, batch.labels, adapter, batch.index, instr)
     teacher_logits = teacher_rows = None
     if teacher is not None and batch.task_ids is not None:
-        if loss_cfg.lambda_kl > 0:
+        if loss_cfg.uses_kl:
             with torch.no_grad():
                 teacher_logits, _ = model(batch.input_ids, batch.attention_mask, batch.labels, teacher,
                                           batch.task_ids, fuse=False)
         # teacher row of each instruction row (all examples of an instruction share a task)
-        rows = torch.zeros(instr.n, dtype=torch.long).scatter_(0, batch.index, batch.task_ids)
-        teacher_rows = teacher.select(rows)
+        if loss_cfg.uses_ins:
+            rows = torch.zeros(instr.n, dtype=torch.long, device=batch.index.device)
+            teacher_rows = teacher.select(rows.scatter_(0, batch.index, batch.task_ids))
     terms = tagi_loss(loss_cfg, logits, labels, teacher_logits, adapter, teacher_rows)
     return {"loss": terms.total, **{k: v for k, v in terms.as_floats().items() if k != "loss"}}

@@ -3,20 +3,17 @@
 Every step draws `batch_per_task` examples from each task of the pack; `task_ids` route each
 example to its own bank row through the batched-LoRA gather, and each task's loss is tracked
 separately, so a task whose loss turns NaN is dropped (recorded as failed) without stopping
-the others. After training, each task is evaluated on its held-back instances against the base
-without adapter (one batched generate with heterogeneous adapters), and written atomically as a
-PEFT adapter directory `<teachers>/<task>/` with its manifest row in `teacher.json`.
+the others. After training, each task is scored on its held-back training instances (never
+trained on) against the base without adapter, and written to the teacher store
+(`teacher_store.py`).
 
-`teacher_worker_loop` is the same code with or without Ray: under Ray Train it takes its shard
-of the tasks by world rank and reports progress with `ray.train.report`.
+`teacher_worker_loop(config, ctx)` is the same code with or without Ray: it takes its shard of
+the pending tasks by `ctx.rank` and reports progress through `ctx.report`.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
-import shutil
 import socket
 import time
 from collections.abc import Sequence
@@ -29,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from tagi_ray.adapters import export_peft, import_peft
 from tagi_ray.batching import IGNORE, prompt_batch
 from tagi_ray.config import TagiConfig, config_from_dict
 from tagi_ray.data.prompts import parse_prompt_format
@@ -40,25 +36,19 @@ from tagi_ray.models.base import load_pretrained
 from tagi_ray.tagi import TagiModel
 from tagi_ray.training.examples import Example, table_examples
 from tagi_ray.training.steps import make_batch
-
-MANIFEST = "manifest.jsonl"
-ROW_FILE = "teacher.json"
-FAILED_DIR = "_failed"
-
-
-class InjectedFault(RuntimeError):
-    """Raised on purpose (teachers.fail_after_tasks) to test resumption."""
+from tagi_ray.training.teacher_store import record_failure, write_teacher
+from tagi_ray.training.worker import InjectedFault, WorkerContext
 
 
 @dataclass
 class TaskData:
     name: str
     train: list[Example]
-    heldout: list[Example]
+    held_back: list[Example]  # training instances the teacher never trains on: its score
 
 
-def split_task_examples(examples: Sequence[Example], holdout: int, seed: int) -> dict[str, TaskData]:
-    """Per task: a seeded held-back set of `holdout` instances (at most half) and the rest to train."""
+def split_task_examples(examples: Sequence[Example], held_back: int, seed: int) -> dict[str, TaskData]:
+    """Per task: a seeded set of `held_back` instances (at most half) and the rest to train."""
     by_task: dict[str, list[Example]] = {}
     for e in examples:
         by_task.setdefault(e.task, []).append(e)
@@ -66,60 +56,9 @@ def split_task_examples(examples: Sequence[Example], holdout: int, seed: int) ->
     for name, items in by_task.items():
         items = list(items)
         random.Random(f"{seed}:{name}").shuffle(items)
-        n_hold = min(holdout, len(items) // 2)
+        n_hold = min(held_back, len(items) // 2)
         out[name] = TaskData(name, items[n_hold:], items[:n_hold])
     return out
-
-
-def completed_tasks(teachers_dir: Path) -> set[str]:
-    """Tasks whose adapter directory is complete (written atomically, so presence suffices)."""
-    if not teachers_dir.is_dir():
-        return set()
-    return {p.name for p in teachers_dir.iterdir() if (p / ROW_FILE).is_file() and not p.name.startswith((".", "_"))}
-
-
-def write_teacher(teachers_dir: Path, task: str, weights: LoraWeights, model: TagiModel, cfg: TagiConfig,
-                  base_path: Path, row: dict) -> None:
-    """PEFT adapter + its manifest row, written to a temp dir and renamed into place."""
-    tmp = teachers_dir / f".{task}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    export_peft(weights, model.targets, cfg.lora.rank, cfg.lora.alpha, model.arch, str(base_path), tmp)
-    (tmp / ROW_FILE).write_text(json.dumps(row))
-    final = teachers_dir / task
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    (teachers_dir / FAILED_DIR / f"{task}.json").unlink(missing_ok=True)
-
-
-def record_failure(teachers_dir: Path, task: str, error: str, worker: int) -> dict:
-    row = {"task": task, "status": "failed", "error": error, "worker": worker, "time": time.time()}
-    (teachers_dir / FAILED_DIR).mkdir(parents=True, exist_ok=True)
-    (teachers_dir / FAILED_DIR / f"{task}.json").write_text(json.dumps(row))
-    return row
-
-
-def merge_manifest(teachers_dir: Path) -> list[dict]:
-    """Rewrite manifest.jsonl from the per-teacher rows (complete first, then failures)."""
-    rows = [json.loads((teachers_dir / t / ROW_FILE).read_text()) for t in sorted(completed_tasks(teachers_dir))]
-    failed_dir = teachers_dir / FAILED_DIR
-    if failed_dir.is_dir():
-        rows += [json.loads(p.read_text()) for p in sorted(failed_dir.glob("*.json"))]
-    tmp = teachers_dir / f".{MANIFEST}.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(teachers_dir / MANIFEST)
-    return rows
-
-
-def load_teacher_bank(teachers_dir: Path, tasks: Sequence[str], rank: int, alpha: float) -> tuple[LoraWeights, dict[str, int]]:
-    """Stack the teachers of `tasks` (those that exist) into one LoraWeights; returns task -> row.
-    Meta-training uses the rows as L_ins targets and, through the batched LoRA, for L_kl logits."""
-    done = completed_tasks(teachers_dir)
-    present = [t for t in tasks if t in done]
-    if not present:
-        raise FileNotFoundError(f"no complete teachers under {teachers_dir} for the {len(tasks)} requested tasks")
-    weights = [import_peft(teachers_dir / t, rank=rank, alpha=alpha)[0] for t in present]
-    return LoraWeights.cat(weights), {t: i for i, t in enumerate(present)}
 
 
 # ---- training a pack ------------------------------------------------------------------------
@@ -188,11 +127,11 @@ def train_pack(model: TagiModel, tokenizer, cfg: TagiConfig, tasks: Sequence[Tas
 
 
 @torch.no_grad()
-def heldout_loss(model: TagiModel, tokenizer, cfg: TagiConfig, tasks: Sequence[TaskData], weights: LoraWeights | None
+def held_back_loss(model: TagiModel, tokenizer, cfg: TagiConfig, tasks: Sequence[TaskData], weights: LoraWeights | None
                  ) -> dict[str, float]:
     """Mean token cross-entropy of each task's held-back references (with its teacher, or the base)."""
-    examples = [e for t in tasks for e in t.heldout]
-    ids = [i for i, t in enumerate(tasks) for _ in t.heldout]
+    examples = [e for t in tasks for e in t.held_back]
+    ids = [i for i, t in enumerate(tasks) for _ in t.held_back]
     batch = make_batch(model, tokenizer, examples, cfg.model, with_prompt=False, task_ids=ids)
     batch = batch.to(next(model.parameters()).device)
     logits, labels = model(batch.input_ids, batch.attention_mask, batch.labels, weights,
@@ -205,8 +144,8 @@ def heldout_loss(model: TagiModel, tokenizer, cfg: TagiConfig, tasks: Sequence[T
 def evaluate_pack(model: TagiModel, tokenizer, cfg: TagiConfig, tasks: Sequence[TaskData], weights: LoraWeights | None
                   ) -> dict[str, dict]:
     """ROUGE-L / EM on each task's held-back instances, all tasks in one heterogeneous batch."""
-    examples = [e for t in tasks for e in t.heldout]
-    rows = torch.tensor([i for i, t in enumerate(tasks) for _ in t.heldout], dtype=torch.long)
+    examples = [e for t in tasks for e in t.held_back]
+    rows = torch.tensor([i for i, t in enumerate(tasks) for _ in t.held_back], dtype=torch.long)
     ids, mask = prompt_batch(tokenizer, model.is_encoder_decoder, [e.source for e in examples],
                              cfg.model.max_source_length)
     device = next(model.parameters()).device
@@ -222,51 +161,28 @@ def evaluate_pack(model: TagiModel, tokenizer, cfg: TagiConfig, tasks: Sequence[
 
 
 # ---- the worker loop (same with and without Ray) ---------------------------------------------
-def _world() -> tuple[int, int, bool]:
-    try:
-        import ray.train
-
-        ctx = ray.train.get_context()
-        return ctx.get_world_rank(), ctx.get_world_size(), True
-    except Exception:  # not inside a Ray Train worker
-        return 0, 1, False
-
-
-def _device(in_ray: bool, use_gpu: bool) -> torch.device:
-    if in_ray and use_gpu:
-        import ray.train.torch
-
-        return ray.train.torch.get_device()
-    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-
-
 def plan_packs(pending: Sequence[str], world: int, pack_size: int) -> list[list[list[str]]]:
     """packs[worker][round] = task names: round-robin shards, then chunks of K."""
     shards = [list(pending[w::world]) for w in range(world)]
     return [[s[i:i + pack_size] for i in range(0, len(s), pack_size)] for s in shards]
 
 
-def teacher_worker_loop(config: dict) -> None:
-    """Train this worker's shard of pending teachers. `config`: {"cfg": dict, "table": Arrow table
-    (or a Ray ObjectRef of one), "base": path, "teachers_dir": path, "pending": [task names]}."""
+def teacher_worker_loop(config: dict, ctx: WorkerContext) -> None:
+    """Train this worker's shard of pending teachers. `config`: {"cfg": dict, "table": Arrow
+    table, "base": path, "teachers_dir": path, "pending": [task names]}."""
     cfg = config_from_dict(config["cfg"])
-    table = config["table"]
-    if not isinstance(table, pa.Table):
-        import ray
-
-        table = ray.get(table)
-    rank, world, in_ray = _world()
-    torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
+    table: pa.Table = config["table"]
+    rank, world = ctx.rank, ctx.world_size
+    if ctx.device.type == "cpu":
+        torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed + rank)
     teachers_dir, base_path = Path(config["teachers_dir"]), Path(config["base"])
     teachers_dir.mkdir(parents=True, exist_ok=True)
 
     bundle = load_pretrained(str(base_path), cfg.model.dtype)
-    device = _device(in_ray, cfg.ray.use_gpu)
-    model = TagiModel(bundle, cfg.lora, cfg.hypernet).eval().to(device)
+    model = TagiModel(bundle, cfg.lora, cfg.hypernet, cfg.instruction).eval().to(ctx.device)
     tokenizer = bundle.tokenizer
-    pending = list(config["pending"])
-    plan = plan_packs(pending, world, cfg.teachers.pack_size)
+    plan = plan_packs(list(config["pending"]), world, cfg.teachers.pack_size)
     rounds = max((len(p) for p in plan), default=0)
     mine = plan[rank]
     train = select_split(table, "train")
@@ -274,12 +190,12 @@ def teacher_worker_loop(config: dict) -> None:
     num_pos = parse_prompt_format(cfg.data.prompt)
     examples = table_examples(train.filter(pc.is_in(train.column("task"), value_set=pa.array(mine_names, pa.string()))),
                               num_pos)
-    data = split_task_examples(examples, cfg.teachers.holdout, cfg.data.seed)
+    data = split_task_examples(examples, cfg.teachers.held_back, cfg.data.seed)
     nan_task = cfg.teachers.inject_nan_task or None
     total = sum(len(p) for p in mine)
     bar = tqdm(total=total, desc=f"teachers worker {rank}", unit="task", position=rank, dynamic_ncols=True)
     done = 0
-    for r in range(rounds):
+    for r in range(rounds):  # every rank reports once per round (Ray Train's report is collective)
         metrics = {"round": r, "tasks_done": done, "tasks_total": total}
         if r < len(mine):
             pack = [data.get(name, TaskData(name, [], [])) for name in mine[r]]
@@ -289,42 +205,26 @@ def teacher_worker_loop(config: dict) -> None:
             ok_weights = weights.select([pack.index(t) for t in ok]) if ok else None
             teacher_scores = evaluate_pack(model, tokenizer, cfg, ok, ok_weights) if ok else {}
             base_scores = evaluate_pack(model, tokenizer, cfg, ok, None) if ok else {}
-            teacher_loss = heldout_loss(model, tokenizer, cfg, ok, ok_weights) if ok else {}
-            base_loss = heldout_loss(model, tokenizer, cfg, ok, None) if ok else {}
+            teacher_loss = held_back_loss(model, tokenizer, cfg, ok, ok_weights) if ok else {}
+            base_loss = held_back_loss(model, tokenizer, cfg, ok, None) if ok else {}
             for t in pack:
                 if t.name in result.failed:
                     record_failure(teachers_dir, t.name, result.failed[t.name], rank)
                     continue
                 row = {"task": t.name, "status": "complete", "steps": cfg.teachers.steps, "pack_size": len(pack),
                        "final_loss": result.final_loss[t.name], "rougeL": teacher_scores[t.name]["rougeL"],
-                       "exact_match": teacher_scores[t.name]["exact_match"], "heldout": len(t.heldout),
+                       "exact_match": teacher_scores[t.name]["exact_match"], "held_back": len(t.held_back),
                        "base_rougeL": base_scores[t.name]["rougeL"], "base_exact_match": base_scores[t.name]["exact_match"],
-                       "heldout_loss": teacher_loss[t.name], "base_heldout_loss": base_loss[t.name],
+                       "held_back_loss": teacher_loss[t.name], "base_held_back_loss": base_loss[t.name],
                        "seconds": result.seconds / len(pack), "worker": rank, "host": socket.gethostname(),
                        "time": time.time(), "rank": cfg.lora.rank}
-                write_teacher(teachers_dir, t.name, weights.select(pack.index(t)).detach().to("cpu"), model, cfg, base_path, row)
+                write_teacher(teachers_dir, t.name, weights.select(pack.index(t)).detach().to("cpu"), model.targets,
+                              cfg, model.arch, base_path, row)
                 done += 1
                 bar.update(1)
                 if 0 <= cfg.teachers.fail_after_tasks <= done:
                     raise InjectedFault(f"injected failure after {done} teachers (teachers.fail_after_tasks)")
             mean_loss = sum(result.final_loss.values()) / max(1, len(result.final_loss))
             metrics.update(tasks_done=done, pack_loss=mean_loss, pack_seconds=result.seconds)
-        if in_ray:
-            import ray.train
-
-            ray.train.report(metrics)
+        ctx.report(metrics, None)
     bar.close()
-
-
-def pending_tasks(cfg: TagiConfig, table: pa.Table, teachers_dir: Path) -> tuple[list[str], list[str]]:
-    """(wanted, pending): the training tasks this config asks teachers for, and those not complete."""
-    names = sorted(set(select_split(table, "train").column("task").to_pylist()))
-    if cfg.teachers.tasks:
-        unknown = sorted(set(cfg.teachers.tasks) - set(names))
-        if unknown:
-            raise ValueError(f"teachers.tasks: {unknown} are not training tasks of this run's table")
-        names = [n for n in names if n in set(cfg.teachers.tasks)]
-    if cfg.teachers.max_tasks:
-        names = names[:cfg.teachers.max_tasks]
-    done = completed_tasks(teachers_dir)
-    return names, [n for n in names if n not in done]
