@@ -1,10 +1,12 @@
-"""Evaluate a TAGI checkpoint on the held-out tasks; write metrics.json, report.md and plots.
+"""Evaluate a TAGI checkpoint and the baselines on the held-out tasks; write metrics.json,
+predictions.jsonl, report.md and plots.
 
     python jobs/evaluate.py --config configs/tiny.yaml [--out runs/x] [--checkpoint DIR]
     tagi eval --config configs/tiny.yaml
 
-Runs in the job's own process (one model, batched generation); tasks are the table's test
-split, never seen in training or tuning.
+Runs in the job's own process (models on `ray.use_gpu`'s device, batched generation); tasks are
+the table's test split, never seen in training or tuning. The checkpoint is scored in the
+prompt format it was trained with (`data.prompt`); `tagi experiment` trains and scores both.
 """
 from __future__ import annotations
 
@@ -12,30 +14,56 @@ import json
 import sys
 from pathlib import Path
 
-from tagi_ray.checkpoint import load_checkpoint
-from tagi_ray.config import TagiConfig
-from tagi_ray.evaluation import METHODS, evaluate
+from tagi_ray.checkpoint import check_checkpoint
+from tagi_ray.config import TagiConfig, load_config
+from tagi_ray.data.prompts import format_name, parse_prompt_format
+from tagi_ray.evaluation import Method, evaluate
 from tagi_ray.jobs.job_args import job_config, job_parser
 from tagi_ray.plots import per_task_bars, training_curves
-from tagi_ray.report import metrics_table
+from tagi_ray.report import distinct_table, methods_table, metrics_table
 from tagi_ray.run_dir import RunDir
 from tagi_ray.stages import ensure_data
+from tagi_ray.training.baselines import BaselinePaths
 from tagi_ray.training.meta import STEPS_LOG
+from tagi_ray.training.worker import default_device
+
+ORDER = ["copy_input", "copy_demo", "base", "prompt_zero_shot", "tk_instruct", "tk_instruct_lora", "tagi",
+         "tagi_no_fusion", "tagi_no_kl", "tagi_no_ins", "tagi_no_pretrain", "tagi_no_hypernet", "oracle"]
 
 
-def write_report(run: RunDir, results: dict, title: str = "tagi-ray evaluation") -> Path:
-    """metrics.json, report.md (tables per instruction format) and PNG plots in the run dir."""
+def baseline_methods(cfg: TagiConfig, run: RunDir, fmt: str) -> list[Method]:
+    """Every baseline this run has: the untrained ones always, the trained ones when present."""
+    paths = BaselinePaths(run.baselines)
+    rows = [Method("copy_input", "copy_input"), Method("copy_demo", "copy_demo"), Method("base", "base"),
+            Method("prompt_zero_shot", "prompt_zero_shot")]
+    if paths.done("tk_instruct", fmt):
+        rows.append(Method("tk_instruct", "tk_instruct", paths.tk_instruct(fmt)))
+    if paths.done("tk_instruct_lora", fmt):
+        rows.append(Method("tk_instruct_lora", "tk_instruct_lora", paths.tk_instruct_lora(fmt)))
+    if paths.oracle.is_dir():
+        rows.append(Method("oracle", "oracle", paths.oracle))
+    return rows
+
+
+def write_report(run: RunDir, results: dict, records: list[dict], title: str = "tagi-ray evaluation",
+                 preamble: list[str] = ()) -> Path:
+    """metrics.json, predictions.jsonl, report.md (methods table, per-task tables) and PNGs."""
     (run.root / "metrics.json").write_text(json.dumps(results, indent=1))
-    lines = [f"# {title}", "", f"Run directory: `{run.root}`. Held-out (test split) tasks; ROUGE-L / exact match "
-             "(SNI conventions), mean x100.", ""]
-    for fmt, by_method in results.items():
-        table = {m: r for m, r in by_method.items()}
-        lines += [f"## {fmt}: ROUGE-L per category", "", metrics_table(table, "per_category"), "",
-                  f"## {fmt}: exact match per category", "", metrics_table(table, "per_category", "exact_match"), "",
-                  f"## {fmt}: ROUGE-L per task", "", metrics_table(table, "per_task"), ""]
-        png = per_task_bars(table, run.root / f"per_task_{fmt.replace('+', '_')}.png", title=f"{fmt}: ROUGE-L per task")
+    (run.root / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    p = results["protocol"]
+    lines = [f"# {title}", "", f"Run directory: `{run.root}`.", *preamble, "",
+             f"Held-out (test split) tasks: {p['tasks']} tasks, {p['scored_instances']} scored instances "
+             f"({p['instances']}). Scores: {p['aggregation']}. CIs: {p['ci']}. TAGI − method: {p['difference']}.", "",
+             "## Methods", "", methods_table(results, ORDER), ""]
+    for fmt, by_method in results["formats"].items():
+        lines += [f"## {fmt}: ROUGE-L per category", "", metrics_table(by_method, "per_category"), "",
+                  f"## {fmt}: ROUGE-L per task", "", metrics_table(by_method, "per_task"), "",
+                  f"## {fmt}: share of distinct predictions per task ({p['distinct']})", "",
+                  distinct_table(by_method), ""]
+        png = per_task_bars(by_method, run.root / f"per_task_{fmt.replace('+', '_')}.png",
+                            title=f"{fmt}: ROUGE-L per task")
         lines += [f"![{fmt} per task]({png.name})", ""]
-        examples = table.get("tagi", {}).get("examples", [])
+        examples = by_method.get("tagi", {}).get("examples", [])
         if examples:
             lines += [f"### {fmt}: TAGI sample outputs", ""] + [
                 f"- `{e['task']}`: predicted `{e['prediction']!r}`, reference `{e['reference']!r}`" for e in examples] + [""]
@@ -58,14 +86,16 @@ def write_report(run: RunDir, results: dict, title: str = "tagi-ray evaluation")
 
 
 def run_evaluation(cfg: TagiConfig, run: RunDir, checkpoint: Path | None = None) -> dict:
-    """Evaluate every method on the test split; returns the results and writes the report."""
-    model, tokenizer, ckpt_cfg = load_checkpoint(checkpoint or run.hypernet)
+    """Evaluate the checkpoint (in the format it was trained with) and every baseline of the run."""
+    checkpoint = check_checkpoint(checkpoint or run.hypernet)
+    ckpt_cfg = load_config(checkpoint / "config.yaml")
+    fmt = format_name(parse_prompt_format(ckpt_cfg.data.prompt))
     table = ensure_data(cfg, run)
-    ckpt_cfg.data = cfg.data  # evaluation formats/limits from the current config
-    results = evaluate(model, tokenizer, ckpt_cfg, table, METHODS, run.teachers)
-    report = write_report(run, results)
-    for fmt, by_method in results.items():
-        print(f"\n{fmt}: held-out ROUGE-L per category\n" + metrics_table(by_method, "per_category"))
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"prompt": ckpt_cfg.data.prompt})})
+    methods = {fmt: baseline_methods(cfg, run, fmt) + [Method("tagi", "tagi", checkpoint)]}
+    results, records = evaluate(cfg, table, methods, run.base, default_device(cfg.ray.use_gpu))
+    report = write_report(run, results, records)
+    print("\n" + methods_table(results, ORDER))
     print(f"\nreport -> {report}")
     return results
 

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from tagi_ray.checkpoint import HYPERNET_FILE
 from tagi_ray.config import TagiConfig
-from tagi_ray.data.prompts import parse_prompt_format
+from tagi_ray.data.prompts import format_name, parse_prompt_format
 from tagi_ray.data.tables import select_split, shuffle_rows
 from tagi_ray.jobs.job_args import job_config, job_parser
 from tagi_ray.run_dir import RunDir
@@ -30,6 +30,7 @@ from tagi_ray.stages import ensure_base, ensure_data, record_config
 from tagi_ray.training.examples import table_examples
 from tagi_ray.training.meta import EXPORT_DIR, meta_worker_loop
 from tagi_ray.training.pretrain_text import split_texts, texts_from_corpus, texts_from_table
+from tagi_ray.training.baselines import BaselinePaths
 from tagi_ray.training.teacher_store import completed_tasks
 from tagi_ray.training.worker import default_device, run_in_process
 
@@ -58,6 +59,17 @@ def _without_tasks(table: pa.Table, tasks: set[str]) -> pa.Table:
     return table.filter(pc.invert(pc.is_in(table.column("task"), value_set=pa.array(sorted(tasks), pa.string()))))
 
 
+def instruction_encoder(cfg: TagiConfig, run: RunDir) -> str | None:
+    """The model directory that encodes instructions (`instruction.encoder`), None for the base."""
+    if cfg.instruction.encoder == "base":
+        return None
+    paths, fmt = BaselinePaths(run.baselines), format_name(parse_prompt_format(cfg.data.prompt))
+    if not paths.done("tk_instruct", fmt):
+        raise FileNotFoundError(f"instruction.encoder: tk_instruct needs the tk_instruct baseline of format {fmt!r} "
+                                f"at {paths.tk_instruct(fmt)}: run `tagi baselines` first")
+    return str(paths.tk_instruct(fmt))
+
+
 def _fit_stage(cfg: TagiConfig, run: RunDir, stage: str, base: Path, data: pa.Table, instructions: list[str],
                init: Path | None, teacher_tasks: list[str], name: str = "meta", callbacks: list | None = None,
                val_data: pa.Table | None = None, on_ray: bool = True) -> Path:
@@ -69,6 +81,7 @@ def _fit_stage(cfg: TagiConfig, run: RunDir, stage: str, base: Path, data: pa.Ta
         print(f"meta-train: stage {stage} already complete ({out})")
         return out
     config = {"cfg": cfg.to_dict(), "stage": stage, "base": str(base), "init_hypernet": str(init) if init else None,
+              "instruction_encoder": instruction_encoder(cfg, run),
               "instructions": instructions, "teachers_dir": str(run.teachers), "teacher_tasks": teacher_tasks,
               "log_dir": str(run.root / "meta" / f"{stage}_log"), "val_data": val_data,
               # rows shuffled once (tasks mixed in every batch); each rank takes its slice
@@ -100,16 +113,16 @@ def run_meta_training(cfg: TagiConfig, run: RunDir, exclude_tasks: set[str] = fr
     table = ensure_data(cfg, run)
     base = ensure_base(cfg, run, table)
     rng = random.Random(cfg.train.seed)
-    stage1 = None
-    if cfg.train.pretrain_steps:
-        texts = texts_from_corpus(cfg.train.pretrain_corpus) if cfg.train.pretrain_corpus \
-            else texts_from_table(_without_tasks(table, exclude_tasks))
-        stats_from = [e.instruction for e in split_texts(rng.sample(texts, min(512, len(texts))), rng)]
-        stage1 = _fit_stage(cfg, run, "pretrain", base, pa.table({"text": texts}), stats_from, None, [], name,
-                            on_ray=on_ray)
     tasks = meta_training_tasks(cfg, table, run, exclude_tasks)
     names = sorted(set(tasks.column("task").to_pylist()))
-    instructions = [e.instruction for e in table_examples(tasks, parse_prompt_format(cfg.data.prompt))]
+    instructions = sorted({e.instruction for e in table_examples(tasks, parse_prompt_format(cfg.data.prompt))})
+    stage1 = None
+    if cfg.train.pretrain_steps:  # the input standardisation is fitted here, on both stages' instructions
+        texts = texts_from_corpus(cfg.train.pretrain_corpus) if cfg.train.pretrain_corpus \
+            else texts_from_table(_without_tasks(table, exclude_tasks))
+        fragments = [e.instruction for e in split_texts(rng.sample(texts, min(512, len(texts))), rng)]
+        stage1 = _fit_stage(cfg, run, "pretrain", base, pa.table({"text": texts}), fragments + instructions, None,
+                            [], name, on_ray=on_ray)
     final = _fit_stage(cfg, run, "meta", base, tasks, instructions, stage1, names if cfg.loss.uses_teachers else [],
                        name, callbacks, val_data, on_ray)
     if not (run.hypernet / HYPERNET_FILE).is_file() or run.hypernet.resolve() != final.resolve():

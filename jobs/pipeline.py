@@ -1,5 +1,5 @@
-"""Ray job: the whole flow in one run directory — data, base, teachers, meta-training (both
-stages), evaluation, report. Every step is skipped when its outputs are complete.
+"""Ray job: the whole flow in one run directory — data, base, teachers, baselines, meta-training
+(both stages), evaluation, report. Every step is skipped when its outputs are complete.
 
     python jobs/pipeline.py --config configs/tiny.yaml [--out runs/x] [--address ...]
     ray job submit --working-dir . -- python jobs/pipeline.py --config configs/tiny.yaml
@@ -11,6 +11,8 @@ import sys
 import time
 
 from tagi_ray.config import TagiConfig
+from tagi_ray.data.prompts import format_name, parse_prompt_format
+from tagi_ray.jobs.baselines import run_baselines
 from tagi_ray.jobs.evaluate import run_evaluation
 from tagi_ray.jobs.job_args import job_config, job_parser
 from tagi_ray.jobs.meta_train import run_meta_training
@@ -36,6 +38,9 @@ def run_pipeline(cfg: TagiConfig, run: RunDir) -> dict:
     stage("base warm-up", lambda: ensure_base(cfg, run, table))
     if cfg.loss.uses_teachers:
         stage("teachers", lambda: run_teachers(cfg, run))
+    if cfg.baselines.methods:
+        k = parse_prompt_format(cfg.data.prompt)
+        stage("baselines", lambda: run_baselines(cfg, run, {format_name(k): k}))
     stage("meta-training", lambda: run_meta_training(cfg, run))
     results = stage("evaluation", lambda: run_evaluation(cfg, run))
     print("stage seconds:", timings)

@@ -11,11 +11,10 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from pathlib import Path
 
 import yaml
 
-from tagi_ray.checkpoint import HYPERNET_FILE
+from tagi_ray.checkpoint import check_checkpoint
 from tagi_ray.cli import OneLineParser, UserError
 from tagi_ray.edge.cluster import connect, resources, stop
 from tagi_ray.serve.app import DEPLOYMENTS, build_app, replica_cpus, serve_limits
@@ -80,13 +79,6 @@ def start(checkpoint: str, host: str | None = None, port: int | None = None, ove
                    wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
     wait_until_running(APP_NAME, limits["start_timeout_s"], cpus)
     return f"http://{host}:{port}"
-
-
-def check_checkpoint(checkpoint: str) -> None:
-    """Raise, naming it, unless `checkpoint` is a TAGI checkpoint directory."""
-    if not (Path(checkpoint) / HYPERNET_FILE).is_file():
-        raise FileNotFoundError(f"--checkpoint {checkpoint}: not a TAGI checkpoint (no {HYPERNET_FILE}; "
-                                f"make one with `tagi meta-train` or `tagi pipeline`)")
 
 
 def _stop_on_sigterm(signum, frame) -> None:

@@ -3,6 +3,7 @@
     DIR/config.yaml             the resolved TagiConfig
     DIR/base/                   the base model + tokenizer (save_pretrained, safetensors)
     DIR/hypernet.safetensors    the hypernetwork's weights
+    DIR/instruction_encoder/    only with `instruction.encoder: tk_instruct`: the model that encodes instructions
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tagi_ray.models.base import BaseBundle, load_pretrained, save_base
 from tagi_ray.tagi import TagiModel
 
 HYPERNET_FILE = "hypernet.safetensors"
+ENCODER_DIR = "instruction_encoder"
 
 
 def save_checkpoint(model: TagiModel, tokenizer, cfg: TagiConfig, out_dir: str | Path) -> Path:
@@ -27,6 +29,8 @@ def save_checkpoint(model: TagiModel, tokenizer, cfg: TagiConfig, out_dir: str |
     try:
         save_config(cfg, tmp / "config.yaml")
         save_base(BaseBundle(model.base, tokenizer, model.arch), tmp / "base")
+        if model.instruction_encoder is not None:
+            save_base(BaseBundle(model.instruction_encoder, tokenizer, model.arch), tmp / ENCODER_DIR)
         state = {k: v.detach().contiguous().cpu() for k, v in model.hypernet.state_dict().items()}
         save_file(state, str(tmp / HYPERNET_FILE), metadata={"format": "pt"})
         if out.exists():
@@ -38,13 +42,21 @@ def save_checkpoint(model: TagiModel, tokenizer, cfg: TagiConfig, out_dir: str |
     return out
 
 
-def load_checkpoint(ckpt_dir: str | Path) -> tuple[TagiModel, object, TagiConfig]:
-    """(model in eval mode, tokenizer, config) from a checkpoint directory."""
+def check_checkpoint(ckpt_dir: str | Path) -> Path:
+    """The directory, if it is a TAGI checkpoint; else FileNotFoundError naming it."""
     ckpt = Path(ckpt_dir)
     if not (ckpt / HYPERNET_FILE).is_file():
-        raise FileNotFoundError(f"{ckpt} is not a tagi-ray checkpoint (no {HYPERNET_FILE})")
+        raise FileNotFoundError(f"{ckpt} is not a tagi-ray checkpoint (no {HYPERNET_FILE}; make one with "
+                                f"`tagi meta-train` or `tagi pipeline`)")
+    return ckpt
+
+
+def load_checkpoint(ckpt_dir: str | Path) -> tuple[TagiModel, object, TagiConfig]:
+    """(model in eval mode, tokenizer, config) from a checkpoint directory."""
+    ckpt = check_checkpoint(ckpt_dir)
     cfg = load_config(ckpt / "config.yaml")
     bundle = load_pretrained(str(ckpt / "base"), cfg.model.dtype)
-    model = TagiModel(bundle, cfg.lora, cfg.hypernet, cfg.instruction)
+    encoder = load_pretrained(str(ckpt / ENCODER_DIR), cfg.model.dtype).model if (ckpt / ENCODER_DIR).is_dir() else None
+    model = TagiModel(bundle, cfg.lora, cfg.hypernet, cfg.instruction, encoder)
     model.hypernet.load_state_dict(load_file(str(ckpt / HYPERNET_FILE)))
     return model.eval(), bundle.tokenizer, cfg

@@ -18,11 +18,13 @@ from tagi_ray.config import ConfigError
 # subcommands that are Ray jobs: `tagi NAME ARGS` runs the job's main(ARGS) in this process
 JOB_HELP = {
     "teachers": "train one LoRA teacher per training task (Ray Train)  [jobs/train_teachers.py]",
+    "baselines": "train the baselines: Tk-Instruct (full, LoRA) per format, held-out oracles  [jobs/baselines.py]",
     "meta-train": "meta-train the hypernetwork, both stages (Ray Train + DeepSpeed)  [jobs/meta_train.py]",
     "pipeline": "data -> teachers -> meta-training -> evaluation -> report, resumable  [jobs/pipeline.py]",
     "demo": "the embedded default end to end: pipeline, then Serve answers a held-out task  [jobs/demo.py]",
     "serve": "serve adapter generation + inference over HTTP (Ray Serve)  [serve/main.py]",
     "eval": "evaluate a checkpoint on held-out tasks; metrics.json + report.md  [jobs/evaluate.py]",
+    "experiment": "TAGI, retrained ablations and baselines, Def and Def+2Pos, with CIs (Ray Tune grid)  [tune/experiment.py]",
     "tune": "Ray Tune sweep over loss weights, LoRA rank and lr (ASHA on validation tasks)  [tune/sweep.py]",
 }
 
@@ -46,6 +48,8 @@ def job_main(name: str) -> Callable[[list[str]], int]:
     """The main() of a job subcommand (imported only when that subcommand runs)."""
     if name == "teachers":
         from tagi_ray.jobs.train_teachers import main
+    elif name == "baselines":
+        from tagi_ray.jobs.baselines import main
     elif name == "meta-train":
         from tagi_ray.jobs.meta_train import main
     elif name == "pipeline":
@@ -54,6 +58,8 @@ def job_main(name: str) -> Callable[[list[str]], int]:
         from tagi_ray.jobs.demo import main
     elif name == "eval":
         from tagi_ray.jobs.evaluate import main
+    elif name == "experiment":
+        from tagi_ray.tune.experiment import main
     elif name == "tune":
         from tagi_ray.tune.sweep import main
     elif name == "serve":

@@ -72,12 +72,20 @@ class InstructionConfig(Section):
     key/value prefix). `fusion: false` is the paper's "w/o fusion"."""
 
     fusion: Bool = True
+    # what encodes the instruction (for the hypernetwork and fusion): the frozen base, or the run's
+    # tk_instruct baseline of the same format (the official TAGI code: the Tk-Instruct teacher)
+    encoder: Literal["base", "tk_instruct"] = "base"
+    # "first_last_mean": the mean of (first block output + last hidden state) over the tokens, the
+    # official TAGI code's default "first_last_avg" (which also averages over padding)
     pooling: Literal["mean", "first_last_mean"] = "mean"
 
 
 class HypernetConfig(Section):
-    """The hypernetwork that maps a pooled instruction to LoRA A/B for every target module."""
+    """The hypernetwork that maps a pooled instruction to LoRA A/B for every target module.
+    `kind: shared_lora` is the paper's "w/o hypernetwork" ablation: one trained LoRA for every
+    instruction (fusion still on)."""
 
+    kind: Literal["mlp", "shared_lora"] = "mlp"
     hidden_dim: PosInt = 256
     embed_dim: PosInt = 32  # layer-depth and module-type embeddings
     init_scale: NonNegFloat = 1e-3
@@ -90,7 +98,7 @@ class LossConfig(Section):
     lambda_ce: NonNegFloat = 1.0
     lambda_kl: NonNegFloat = 5.0
     lambda_ins: float | Literal["sigmoid"] = "sigmoid"  # a number >= 0 or "sigmoid" (= sigmoid(L_ins))
-    temperature: PosFloat = 2.0
+    temperature: PosFloat = 2.0  # of L_kl; the official TAGI scripts use 3
 
     @field_validator("lambda_ins", mode="before")
     @classmethod
@@ -141,7 +149,7 @@ class TrainConfig(Section):
     meta_steps: NonNegInt = 200
     zero_stage: Literal[0, 1, 2, 3] = 2
     checkpoint_every: NonNegInt = 50  # meta-training steps; 0 = only at the end
-    train_layer_norms: Bool = False  # also train the base's layer norms during meta-training
+    train_layer_norms: Bool = False  # also train the base's layer norms in meta-training (official TAGI: yes)
     pretrain_corpus: Str = ""  # stage-1 text (.txt lines / .jsonl "text"); "" = the training tasks' text
     fail_at_step: Annotated[StrictInt, Field(ge=-1)] = -1  # fault injection (tests): a worker fails once
     out_dir: Str = "runs/tiny"
@@ -163,6 +171,21 @@ class TeacherConfig(Section):
     # (-1 = off); the named task's loss is made NaN ("" = off)
     fail_after_tasks: Annotated[StrictInt, Field(ge=-1)] = -1
     inject_nan_task: Str = ""
+
+
+class BaselineConfig(Section):
+    """The baselines TAGI is compared with, each trained on the same training tasks with the
+    instruction in the prompt (Tk-Instruct's format): `tk_instruct` fine-tunes the whole base,
+    `tk_instruct_lora` one multi-task LoRA of the TAGI rank; `oracle` is a LoRA per held-out
+    task trained on that task's own instances (2-fold: each instance is scored by the LoRA of
+    the other fold). Steps 0 = `train.meta_steps` (the same budget class as TAGI)."""
+
+    tk_instruct_steps: NonNegInt = 0
+    tk_instruct_lr: PosFloat = 1e-4
+    tk_instruct_lora_steps: NonNegInt = 0
+    tk_instruct_lora_lr: PosFloat = 1e-3
+    oracle_steps: NonNegInt = 0  # 0 = teachers.steps (the teachers' recipe)
+    methods: list[Literal["tk_instruct", "tk_instruct_lora", "oracle"]] = ["tk_instruct", "tk_instruct_lora", "oracle"]
 
 
 class DataConfig(Section):
@@ -245,6 +268,18 @@ class TuneConfig(Section):
     val_instances: PosInt = 8  # instances per validation task in val_loss
 
 
+class ExperimentConfig(Section):
+    """`tagi experiment`: the paper's comparison (Table 2) and ablations (Table 4), every TAGI
+    variant retrained with one switch changed, per prompt format, as one Ray Tune grid (trial
+    resources from `tune:`: driver_cpus, workers_per_trial, cpus_per_worker,
+    max_concurrent_trials)."""
+
+    variants: list[Literal["tagi", "tagi_no_fusion", "tagi_no_kl", "tagi_no_ins", "tagi_no_pretrain",
+                           "tagi_no_hypernet"]] = ["tagi", "tagi_no_fusion", "tagi_no_kl", "tagi_no_ins",
+                                                   "tagi_no_pretrain", "tagi_no_hypernet"]
+    formats: list[Literal["def", "def+2pos"]] = ["def", "def+2pos"]
+
+
 class TagiConfig(Section):
     """The whole config: one section per concern."""
 
@@ -255,10 +290,12 @@ class TagiConfig(Section):
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     teachers: TeacherConfig = TeacherConfig()
+    baselines: BaselineConfig = BaselineConfig()
     data: DataConfig = DataConfig()
     ray: RayConfig = RayConfig()
     serve: ServeConfig = ServeConfig()
     tune: TuneConfig = TuneConfig()
+    experiment: ExperimentConfig = ExperimentConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()

@@ -1,32 +1,70 @@
-"""Held-out evaluation: every method on the test tasks, for Def and Def+kPos instructions.
+"""Held-out evaluation: every method on the test tasks, per prompt format, with SNI's metrics,
+95% bootstrap confidence intervals and the share of distinct predictions per task.
 
-Methods (columns of the report):
-- `tagi`: the generated adapter + instruction fusion (when the model was trained with fusion);
-- `tagi_no_fusion`: the same generated adapter with fusion switched off at inference;
-- `base`: the frozen base without adapter, reading the instance only;
-- `prompt`: the instruction-in-prompt baseline (Tk-Instruct style: the multi-task prompt-tuned
-  base, reading definition + examples + instance);
-- `teacher`: the task's teacher LoRA, where one exists for a held-out task.
+Methods (one row each in metrics.json and the report; `Method.kind` says how it predicts):
+- `base`: the frozen base reading the instance only;
+- `prompt_zero_shot`: the frozen base reading the Tk-Instruct prompt (instruction + instance);
+- `tk_instruct`: the base fully fine-tuned multi-task with Tk-Instruct prompts (its own model);
+- `tk_instruct_lora`: the frozen base + one multi-task LoRA, Tk-Instruct prompts;
+- `copy_input`, `copy_demo`: SNI's trivial baselines (the input; the first positive example's output);
+- `oracle`: the held-out task's own LoRAs, 2-fold (each instance scored by the fold that never saw it);
+- `tagi` and its retrained ablations (`tagi_no_fusion`, ...): a TAGI checkpoint trained in this format.
+
+Protocol: the first `data.max_eval_instances` instances of every test task (SNI's convention: 100);
+scores are means over all scored instances x100 (SNI's `compute_metrics`, as the official TAGI
+code aggregates); CIs resample instances within tasks (`stats.py`); TAGI minus each other
+method is a paired difference on the same instances.
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
+from tagi_ray.adapters import import_peft
+from tagi_ray.checkpoint import load_checkpoint
 from tagi_ray.config import TagiConfig
 from tagi_ray.data.prompts import parse_prompt_format
 from tagi_ray.data.tables import select_split
 from tagi_ray.inference import generate_plain, generate_with_instructions
-from tagi_ray.metrics import grouped_metrics
+from tagi_ray.metrics import exact_match, max_over_references, rouge_l
+from tagi_ray.models.base import load_pretrained
+from tagi_ray.stats import bootstrap_ci, distinct_share, paired_difference_ci
 from tagi_ray.tagi import TagiModel
+from tagi_ray.training.baselines import FOLDS, fold_name
 from tagi_ray.training.examples import Example, table_examples
-from tagi_ray.training.teacher_store import completed_tasks, load_teacher_bank
+from tagi_ray.training.teacher_store import load_teacher_bank
 
-METHODS = ("tagi", "tagi_no_fusion", "base", "prompt", "teacher")
+KINDS = ("tagi", "base", "prompt_zero_shot", "tk_instruct", "tk_instruct_lora", "copy_input", "copy_demo", "oracle")
+NEEDS_PATH = {"tagi", "tk_instruct", "tk_instruct_lora", "oracle"}
+PROTOCOL = {
+    "instances": "the first data.max_eval_instances instances of every test task (SNI: 100), all methods the same",
+    "aggregation": "mean over all scored instances x100 (SNI compute_metrics; the official TAGI code)",
+    "ci": "95% percentile bootstrap, 1000 resamples of instances within each task (tasks fixed)",
+    "difference": "TAGI minus the method, paired on the same instances, same bootstrap",
+    "distinct": "per task, distinct predictions / instances (1/n = one constant answer)",
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One evaluated row: `name` (the row label), `kind` (one of KINDS), `path` (what it loads:
+    a TAGI checkpoint, a model directory, a PEFT directory or the oracle store)."""
+
+    name: str
+    kind: str
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"method {self.name!r}: unknown kind {self.kind!r}; expected one of {KINDS}")
+        if self.kind in NEEDS_PATH and self.path is None:
+            raise ValueError(f"method {self.name!r} ({self.kind}) needs a path")
 
 
 def prompt_formats(cfg: TagiConfig) -> dict[str, int]:
@@ -40,53 +78,146 @@ def _chunks(items: Sequence, size: int):
         yield items[i:i + size]
 
 
-def predict(model: TagiModel, tokenizer, cfg: TagiConfig, method: str, examples: Sequence[Example],
-            batch_size: int, teachers_dir: Path | None = None) -> list[str]:
-    """Greedy predictions of one method for `examples` (batched)."""
-    m, out = cfg.model, []
-    for chunk in _chunks(list(examples), batch_size):
-        if method in ("tagi", "tagi_no_fusion"):
-            fuse = cfg.instruction.fusion and method == "tagi"
-            out += generate_with_instructions(model, tokenizer, m, [e.instruction for e in chunk],
-                                              [e.source for e in chunk], m.max_target_length, fuse=fuse)
-        elif method == "base":
-            out += generate_plain(model, tokenizer, [e.source for e in chunk], m.max_source_length, m.max_target_length)
-        elif method == "prompt":
-            out += generate_plain(model, tokenizer, [e.prompt for e in chunk],
-                                  m.max_source_length + m.max_instruction_length, m.max_target_length)
-        elif method == "teacher":
-            out += _teacher_predict(model, tokenizer, cfg, chunk, teachers_dir)
-        else:
-            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+class Predictor:
+    """Greedy predictions of each method, batched, on `device`; models are loaded once."""
+
+    def __init__(self, cfg: TagiConfig, base_dir: Path, device: torch.device, batch_size: int = 32):
+        self.cfg, self.device, self.batch_size = cfg, device, batch_size
+        bundle = load_pretrained(str(base_dir), cfg.model.dtype)
+        self.base = TagiModel(bundle, cfg.lora, cfg.hypernet, cfg.instruction).eval().to(device)
+        self.tokenizer = bundle.tokenizer
+        self._loaded: dict[Path, TagiModel] = {}
+
+    def _model(self, method: Method) -> TagiModel:
+        if method.path not in self._loaded:
+            if method.kind == "tagi":
+                model, _, _ = load_checkpoint(method.path)
+            else:  # tk_instruct: a fine-tuned base
+                bundle = load_pretrained(str(method.path), self.cfg.model.dtype)
+                model = TagiModel(bundle, self.cfg.lora, self.cfg.hypernet, self.cfg.instruction)
+            self._loaded = {method.path: model.eval().to(self.device)}  # keep one extra model in memory
+        return self._loaded[method.path]
+
+    def predict(self, method: Method, examples: Sequence[Example]) -> list[str]:
+        m = self.cfg.model
+        if method.kind == "copy_input":
+            return [e.input for e in examples]
+        if method.kind == "copy_demo":
+            return [e.demo_output for e in examples]
+        adapter, index = None, None
+        if method.kind == "tk_instruct_lora":
+            adapter = import_peft(method.path, rank=self.cfg.lora.rank, alpha=self.cfg.lora.alpha)[0].to(self.device)
+        out: list[str] = []
+        folds = _fold_of(examples) if method.kind == "oracle" else None
+        for start in range(0, len(examples), self.batch_size):
+            chunk = examples[start:start + self.batch_size]
+            if method.kind == "tagi":
+                model = self._model(method)
+                out += generate_with_instructions(model, self.tokenizer, m, [e.instruction for e in chunk],
+                                                  [e.source for e in chunk], m.max_target_length)
+            elif method.kind in ("base", "oracle"):
+                if folds is not None:
+                    names = [fold_name(e.task, f) for e, f in zip(chunk, folds[start:start + self.batch_size])]
+                    bank, rows = load_teacher_bank(method.path, sorted(set(names)), self.cfg.lora.rank,
+                                                   self.cfg.lora.alpha)
+                    adapter = bank.to(self.device)
+                    index = torch.tensor([rows[n] for n in names], device=self.device)
+                out += generate_plain(self.base, self.tokenizer, [e.source for e in chunk], m.max_source_length,
+                                      m.max_target_length, adapter, index)
+            else:  # the instruction in the prompt: prompt_zero_shot, tk_instruct, tk_instruct_lora
+                model = self._model(method) if method.kind == "tk_instruct" else self.base
+                out += generate_plain(model, self.tokenizer, [e.prompt for e in chunk],
+                                      m.max_source_length + m.max_instruction_length, m.max_target_length, adapter)
+        return out
+
+
+def _fold_of(examples: Sequence[Example]) -> list[int]:
+    """The oracle fold of each example: its position among its task's examples (table order) % FOLDS."""
+    seen: dict[str, int] = defaultdict(int)
+    folds = []
+    for e in examples:
+        folds.append(seen[e.task] % FOLDS)
+        seen[e.task] += 1
+    return folds
+
+
+def score(examples: Sequence[Example], predictions: Sequence[str]) -> list[dict]:
+    """One record per instance: task, category, id, prediction, ROUGE-L and EM (x100, max over refs)."""
+    return [{"task": e.task, "category": e.category, "id": e.id, "prediction": p,
+             "rougeL": 100 * max_over_references(rouge_l, p, list(e.outputs)),
+             "exact_match": 100 * max_over_references(exact_match, p, list(e.outputs))}
+            for e, p in zip(examples, predictions)]
+
+
+def _by(records: Sequence[dict], key: str, metric: str) -> dict[str, list[float]]:
+    groups: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        groups[r[key]].append(r[metric])
+    return dict(groups)
+
+
+def summarize(records: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Overall (with CIs), per task (with the distinct-prediction share) and per category."""
+    def mean(values: Sequence[float]) -> float:
+        return round(sum(values) / len(values), 4) if values else 0.0
+
+    overall = {"n": len(records)}
+    for metric in ("rougeL", "exact_match"):
+        overall[metric] = mean([r[metric] for r in records])
+        overall[f"{metric}_ci"] = [round(x, 4) for x in bootstrap_ci(_by(records, "task", metric), n_boot, seed)]
+    per_task = {}
+    for task, preds in sorted(_by(records, "task", "prediction").items()):
+        rows = [r for r in records if r["task"] == task]
+        per_task[task] = {"rougeL": mean([r["rougeL"] for r in rows]), "exact_match": mean([r["exact_match"] for r in rows]),
+                          "n": len(rows), "distinct": round(distinct_share(preds), 4)}
+    per_category = {c: {"rougeL": mean(v), "n": len(v)} for c, v in sorted(_by(records, "category", "rougeL").items())}
+    for c in per_category:
+        per_category[c]["exact_match"] = mean(_by(records, "category", "exact_match")[c])
+    return {"overall": overall, "per_task": per_task, "per_category": per_category}
+
+
+def compare(a: Sequence[dict], b: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Paired difference a - b (ROUGE-L and EM) with CIs; records in the same instance order."""
+    if [(r["task"], r["id"]) for r in a] != [(r["task"], r["id"]) for r in b]:
+        raise ValueError("compare: the two methods were scored on different instances")
+    out = {}
+    for metric in ("rougeL", "exact_match"):
+        d, lo, hi = paired_difference_ci(_by(a, "task", metric), _by(b, "task", metric), n_boot, seed)
+        out[metric] = round(d, 4)
+        out[f"{metric}_ci"] = [round(lo, 4), round(hi, 4)]
     return out
 
 
-def _teacher_predict(model: TagiModel, tokenizer, cfg: TagiConfig, chunk: Sequence[Example], teachers_dir: Path):
-    tasks = sorted({e.task for e in chunk})
-    bank, rows = load_teacher_bank(teachers_dir, tasks, cfg.lora.rank, cfg.lora.alpha)
-    index = torch.tensor([rows[e.task] for e in chunk], device=model.device)
-    return generate_plain(model, tokenizer, [e.source for e in chunk], cfg.model.max_source_length,
-                          cfg.model.max_target_length, bank.to(model.device), index)
+def scored_examples(table: pa.Table, num_pos: int) -> list[Example]:
+    """The scored instances: every test-split row of the table (built with the first
+    data.max_eval_instances per test task)."""
+    return table_examples(select_split(table, "test"), num_pos)
 
 
-def evaluate(model: TagiModel, tokenizer, cfg: TagiConfig, table: pa.Table, methods: Sequence[str] = METHODS,
-             teachers_dir: Path | None = None, split: str = "test", batch_size: int = 32) -> dict:
-    """{format: {method: grouped metrics (per_task, per_category, overall)}} on `split` tasks.
-    `teacher` is evaluated only on tasks that have a complete teacher under `teachers_dir`."""
-    rows = select_split(table, split)
-    with_teacher = completed_tasks(teachers_dir) if teachers_dir else set()
-    results: dict[str, dict] = {}
-    model.eval()
-    for fmt, k in prompt_formats(cfg).items():
-        examples = table_examples(rows, k)
-        results[fmt] = {}
-        for method in tqdm(methods, desc=f"eval {fmt}", dynamic_ncols=True):
-            subset = [e for e in examples if e.task in with_teacher] if method == "teacher" else examples
-            if not subset:
-                continue
-            preds = predict(model, tokenizer, cfg, method, subset, batch_size, teachers_dir)
-            results[fmt][method] = grouped_metrics(preds, [list(e.outputs) for e in subset],
-                                                   [e.task for e in subset], [e.category for e in subset])
-            results[fmt][method]["examples"] = [{"task": e.task, "input": e.source, "prediction": p,
-                                                 "reference": e.outputs[0]} for e, p in zip(subset[:3], preds[:3])]
-    return results
+def evaluate(cfg: TagiConfig, table: pa.Table, methods: dict[str, list[Method]], base_dir: Path,
+             device: torch.device, batch_size: int = 32, n_boot: int = 1000) -> tuple[dict, list[dict]]:
+    """Evaluate `methods[format]` in each format. Returns (results, records): results =
+    {"protocol", "formats": {format: {method: summary (+ "vs_tagi" when a tagi row exists)}}};
+    records = one dict per (format, method, instance)."""
+    predictor = Predictor(cfg, base_dir, device, batch_size)
+    results: dict = {"protocol": PROTOCOL, "formats": {}}
+    all_records: list[dict] = []
+    for fmt, rows in methods.items():
+        examples = scored_examples(table, parse_prompt_format(fmt))
+        scored: dict[str, list[dict]] = {}
+        for method in tqdm(rows, desc=f"eval {fmt}", dynamic_ncols=True):
+            with torch.no_grad():
+                scored[method.name] = score(examples, predictor.predict(method, examples))
+            all_records += [{"format": fmt, "method": method.name, **r} for r in scored[method.name]]
+        summaries = {name: summarize(recs, n_boot) for name, recs in scored.items()}
+        if "tagi" in scored:
+            for name, recs in scored.items():
+                if name != "tagi":
+                    summaries[name]["tagi_minus"] = compare(scored["tagi"], recs, n_boot)
+        for name, recs in scored.items():
+            summaries[name]["examples"] = [{"task": r["task"], "input": e.input, "prediction": r["prediction"],
+                                            "reference": e.outputs[0]} for r, e in list(zip(recs, examples))[:3]]
+        results["formats"][fmt] = summaries
+    results["protocol"] = {**PROTOCOL, "tasks": len({e.task for e in scored_examples(table, 0)}),
+                           "scored_instances": len(scored_examples(table, 0))}
+    return results, all_records

@@ -79,3 +79,24 @@ class HyperNetwork(nn.Module):
                 name = self.targets[i].name
                 A[name], B[name] = a[:, j], b[:, j]
         return LoraWeights({t.name: A[t.name] for t in self.targets}, {t.name: B[t.name] for t in self.targets})
+
+
+class SharedAdapter(nn.Module):
+    """The "w/o hypernetwork" ablation (`hypernet.kind: shared_lora`): one trained LoRA used
+    for every instruction (PEFT init: A kaiming-uniform, B = 0). Same interface as
+    `HyperNetwork`: forward(pooled (N, d)) -> N rows (broadcast views of the one adapter)."""
+
+    def __init__(self, targets: list[LoraTarget], rank: int):
+        super().__init__()
+        from tagi_ray.lora.bank import LoraBank
+
+        self.targets = targets
+        self.bank = LoraBank(targets, 1, rank)
+
+    def fit_input_stats(self, pooled: torch.Tensor) -> None:
+        """Nothing to fit: the adapter does not read the instruction."""
+
+    def forward(self, pooled: torch.Tensor) -> LoraWeights:
+        one, n = self.bank.weights(), pooled.shape[0]
+        return LoraWeights({k: v.expand(n, *v.shape[1:]) for k, v in one.A.items()},
+                           {k: v.expand(n, *v.shape[1:]) for k, v in one.B.items()})

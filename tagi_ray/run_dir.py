@@ -8,6 +8,8 @@
     <run>/teachers/manifest.jsonl
     <run>/teachers_r<R>/         teachers of another LoRA rank R (a sweep over lora.rank)
     <run>/sweeps/<name>/         a Tune sweep's results, best.yaml, plot and trials/<id>/ run dirs
+    <run>/baselines/             tk_instruct_<fmt>/, tk_instruct_lora_<fmt>/, oracle/ (training/baselines.py)
+    <run>/experiment/<fmt>/<variant>/   an experiment's per-format TAGI runs and ablations
     <run>/hypernet/              the TAGI checkpoint (config + base + hypernet.safetensors)
     <run>/ray/                   Ray Train / Tune storage (checkpoints, results)
 """
@@ -38,6 +40,10 @@ class RunDir:
     @property
     def teachers(self) -> Path:
         return self.root / "teachers"
+
+    @property
+    def baselines(self) -> Path:
+        return self.root / "baselines"
 
     @property
     def hypernet(self) -> Path:

@@ -22,7 +22,7 @@ from transformers.cache_utils import DynamicLayer
 from transformers.modeling_outputs import BaseModelOutput
 
 from tagi_ray.config import HypernetConfig, InstructionConfig, LoraConfig
-from tagi_ray.hypernet import HyperNetwork
+from tagi_ray.hypernet import HyperNetwork, SharedAdapter
 from tagi_ray.lora import BatchedLora, LoraWeights, find_targets
 from tagi_ray.models.base import BaseBundle
 
@@ -111,9 +111,14 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class TagiModel(nn.Module):
     def __init__(self, bundle: BaseBundle, lora: LoraConfig, hypernet: HypernetConfig,
-                 instruction: InstructionConfig | None = None):
+                 instruction: InstructionConfig | None = None, instruction_encoder: nn.Module | None = None):
+        """`instruction_encoder`: a frozen model of the base's architecture that encodes the
+        instruction instead of the base (`instruction.encoder: tk_instruct`); None = the base."""
         super().__init__()
         instruction = instruction or InstructionConfig()
+        self.instruction_encoder = instruction_encoder
+        if instruction_encoder is not None:
+            instruction_encoder.requires_grad_(False)
         self.base = bundle.model
         self.arch = bundle.arch
         self.base.requires_grad_(False)
@@ -125,7 +130,8 @@ class TagiModel(nn.Module):
         self.pooling = instruction.pooling
         d_model = self.base.config.d_model if self.arch == "t5" else self.base.config.hidden_size
         self.hypernet = HyperNetwork(d_model, self.targets, lora.rank, hypernet.hidden_dim, hypernet.embed_dim,
-                                     hypernet.init_scale)
+                                     hypernet.init_scale) if hypernet.kind == "mlp" \
+            else SharedAdapter(self.targets, lora.rank)
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -137,15 +143,16 @@ class TagiModel(nn.Module):
 
     # ---- instruction side -------------------------------------------------------------
     def encode_instruction(self, ids: torch.Tensor, mask: torch.Tensor) -> Instruction:
-        """Run the base (no adapter) over right-padded instruction tokens."""
+        """Run the base (or the instruction encoder), no adapter, over right-padded instruction tokens."""
         want_layers = self.pooling == "first_last_mean"
+        encoder = self.instruction_encoder if self.instruction_encoder is not None else self.base
         with self.lora.apply(None):
             if self.is_encoder_decoder:
-                out = self.base.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=want_layers)
+                out = encoder.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=want_layers)
                 past = None
             else:
-                out = self.base.model(input_ids=ids, attention_mask=mask, use_cache=self.fusion,
-                                      output_hidden_states=want_layers)
+                out = encoder.model(input_ids=ids, attention_mask=mask, use_cache=self.fusion,
+                                    output_hidden_states=want_layers)
                 past = (tuple((layer.keys, layer.values) for layer in out.cache.layers)
                         if self.fusion else None)
         states = out.last_hidden_state

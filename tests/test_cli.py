@@ -58,7 +58,7 @@ BAD_INPUT = [  # (arguments, what the one line must name)
     (["eval", "--checkpoint", "{tmp}/nope", "--out", "{tmp}/run"], "{tmp}/nope is not a tagi-ray checkpoint"),
     (["export-adapter", "--checkpoint", "{tmp}/nope", "--instruction", "x", "--out", "{tmp}/a"],
      "{tmp}/nope is not a tagi-ray checkpoint"),
-    (["serve", "--checkpoint", "{tmp}/nope"], "--checkpoint {tmp}/nope: not a TAGI checkpoint"),
+    (["serve", "--checkpoint", "{tmp}/nope"], "{tmp}/nope is not a tagi-ray checkpoint"),
     (["tune", "--space", "{tmp}/nope.yaml"], "space file not found: {tmp}/nope.yaml"),
     (["demo", "--set", "model.arch=gpt"], "model.arch: 'gpt'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),

@@ -19,7 +19,7 @@ def test_overrides_are_parsed_as_yaml_scalars():
     "data, needle",
     [
         ({"train": {"lrr": 1}}, "unknown key 'train.lrr' (allowed in train: ['batch_size',"),
-        ({"trian": {}}, "unknown key 'trian' (allowed in top level: ['data',"),
+        ({"trian": {}}, "unknown key 'trian' (allowed in top level: ['baselines', 'data',"),
         ({"lora": {"rank": "big"}}, "lora.rank: 'big': Input should be a valid integer"),
         ({"lora": {"rank": 0}}, "lora.rank: 0: Input should be greater than or equal to 1"),
         ({"train": {"lr": 0}}, "train.lr: 0: Input should be greater than 0"),

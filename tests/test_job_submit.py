@@ -32,6 +32,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 TINY_BUDGET = [  # the embedded default with test-sized budgets
     "train.prompt_tuning_steps=20", "teachers.max_tasks=8", "teachers.pack_size=4", "teachers.steps=20",
     "train.pretrain_steps=4", "train.meta_steps=8", "train.checkpoint_every=0", "data.max_eval_instances=4",
+    "baselines.methods=[]",
     "ray.num_workers=2",
 ]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tagi_ray.config import LossConfig
-from tagi_ray.losses import ce_loss, ins_loss, kl_loss, tagi_loss
+from tagi_ray.losses import ce_loss, delta_w_cosine, ins_loss, kl_loss, tagi_loss
 from tagi_ray.lora import LoraWeights
 
 
@@ -26,12 +26,21 @@ def test_kl_zero_when_equal_positive_when_not_and_matches_definition():
     assert value == pytest.approx(float(per_tok[labels != -100].mean()) * 4, rel=1e-5)
 
 
-def test_ins_loss_is_mse_of_a_with_a_and_b_with_b():
+def test_ins_loss_compares_the_updates_relative_to_the_teachers():
     g, t = weights(0), weights(1)
-    expected = (((g.A["m"] - t.A["m"]) ** 2).sum() + ((g.B["m"] - t.B["m"]) ** 2).sum()) / (64 + 48)
-    assert float(ins_loss(g, t)) == pytest.approx(float(expected), rel=1e-6)
+    dW = lambda w: torch.bmm(w.B["m"], w.A["m"])  # noqa: E731  (N, out, in), built here only
+    expected = (((dW(g) - dW(t)) ** 2).sum((1, 2)) / (dW(t) ** 2).sum((1, 2))).mean()
+    assert float(ins_loss(g, t)) == pytest.approx(float(expected), rel=1e-5)
+    # A and B are defined up to an invertible r x r transform: an equivalent LoRA is at distance 0
+    m = torch.randn(4, 4) + 3 * torch.eye(4)
+    same = LoraWeights({"m": m @ t.A["m"]}, {"m": t.B["m"] @ torch.linalg.inv(m)})
+    assert float(ins_loss(same, t)) == pytest.approx(0.0, abs=1e-5)
+    assert float(delta_w_cosine(same, t).min()) == pytest.approx(1.0, abs=1e-5)
+    # a fresh hypernetwork (B = 0) starts at 1, the order of L_ce, whatever the teachers' scale
+    zero_b = LoraWeights(g.A, {"m": torch.zeros_like(g.B["m"])})
+    assert float(ins_loss(zero_b, t)) == pytest.approx(1.0) == pytest.approx(float(ins_loss(zero_b, weights(1, 1e-3))))
     swapped = LoraWeights({"m": t.B["m"].transpose(1, 2)}, {"m": t.A["m"].transpose(1, 2)})
-    with pytest.raises(ValueError, match="lora_A is .* but the teacher's is"):
+    with pytest.raises(ValueError, match="but the teacher's is A"):
         ins_loss(g, swapped)
 
 
@@ -75,7 +84,9 @@ def test_zero_lambda_removes_the_term_from_a_training_step(off, gone):
     model = TagiModel(build_tiny(mcfg, "t5"), LoraConfig(rank=4), HypernetConfig(hidden_dim=32))
     examples = [Example("t", "c", str(i), f"say {w}", f"input {i}", w, (w,)) for i, w in enumerate(["yes", "no"])]
     batch = make_batch(model, model_tok(mcfg), examples, mcfg, with_prompt=False, task_ids=[0, 1])
-    teacher = LoraBank(model.targets, 2, 4, seed=1).weights().detach()
+    bank = LoraBank(model.targets, 2, 4, seed=1)
+    teacher = bank.weights().detach()
+    teacher = LoraWeights(teacher.A, {n: torch.randn_like(b) * 0.1 for n, b in teacher.B.items()})  # trained-like
     full = tagi_step(model, batch, LossConfig(), teacher)
     assert {"loss_ce", "loss_kl", "loss_ins"} <= set(full)
     part = tagi_step(model, batch, LossConfig().model_copy(update=off), teacher)

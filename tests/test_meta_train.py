@@ -6,8 +6,10 @@ import random
 
 import pyarrow as pa
 import pytest
+import torch
 from conftest import run_with_shared_base, tiny_test_config
 
+from tagi_ray.jobs.baselines import run_baselines
 from tagi_ray.jobs.evaluate import run_evaluation
 from tagi_ray.jobs.meta_train import run_meta_training
 from tagi_ray.jobs.train_teachers import run_teachers
@@ -46,12 +48,31 @@ def test_both_stages_then_evaluation(teacher_run):
     assert {"loss_ce", "loss_kl", "loss_ins", "lambda_ins"} <= set(meta[0])  # every term logged separately
     assert all(r["tokens"] > 0 and 0 <= r["data_seconds"] <= r["seconds"] for r in pre + meta)  # throughput inputs
 
+    # every method is a row: the baselines are trained (in this process, tiny budgets), then evaluated
+    cfg.baselines.tk_instruct_steps = cfg.baselines.tk_instruct_lora_steps = cfg.baselines.oracle_steps = 3
+    run_baselines(cfg, teacher_run, {"def+2pos": 2}, on_ray=False)
     results = run_evaluation(cfg, teacher_run)
     metrics = json.loads((teacher_run.root / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(results))
-    assert set(metrics) == {"def", "def+2pos"}
-    assert {"tagi", "tagi_no_fusion", "base", "prompt"} <= set(metrics["def+2pos"])
-    assert (teacher_run.root / "report.md").read_text().count("| **overall** |") >= 4
+    rows = metrics["formats"]["def+2pos"]  # scored in the format the checkpoint was trained with
+    assert set(metrics["formats"]) == {"def+2pos"}
+    assert set(rows) == {"copy_input", "copy_demo", "base", "prompt_zero_shot", "tk_instruct", "tk_instruct_lora",
+                         "oracle", "tagi"}
+    n = metrics["protocol"]["scored_instances"]
+    for name, row in rows.items():
+        o = row["overall"]
+        assert o["n"] == n  # every method on the same instances
+        for metric in ("rougeL", "exact_match"):  # CIs present and around the point estimate
+            assert o[f"{metric}_ci"][0] <= o[metric] <= o[f"{metric}_ci"][1], (name, o)
+        assert all(0 < t["distinct"] <= 1 for t in row["per_task"].values())
+        if name != "tagi":
+            d = row["tagi_minus"]
+            assert d["rougeL_ci"][0] <= d["rougeL"] <= d["rougeL_ci"][1]
+            assert d["rougeL"] == pytest.approx(rows["tagi"]["overall"]["rougeL"] - o["rougeL"], abs=1e-3)
+    predictions = (teacher_run.root / "predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == n * len(rows)
+    report = (teacher_run.root / "report.md").read_text()
+    assert "| tk_instruct_lora |" in report and "95% CI" in report and "distinct predictions" in report
     assert (teacher_run.root / "training_curves.png").stat().st_size > 0
 
     # a finished run is skipped when resubmitted
@@ -114,3 +135,28 @@ def test_meta_loop_runs_without_ray_and_resumes_from_its_own_checkpoints(warm_ru
     assert [m["step"] for m in again.metrics] == [6] and again.metrics[0]["restored"]
     log = [json.loads(x)["step"] for x in (tmp_path / "log" / STEPS_LOG).read_text().splitlines()]
     assert log == [1, 2, 3, 4, 5, 6]  # steps 5-6 continued after step 4, nothing redone
+
+
+def test_input_standardisation_is_fitted_once_and_kept_by_stage_2(warm_run, tmp_path):
+    """Stage 1 fits the hypernetwork's input stats on both stages' instructions; stage 2 keeps them."""
+    from safetensors.torch import load_file
+
+    from tagi_ray.inference import fit_hypernet_input_stats
+
+    run = run_with_shared_base(warm_run, tmp_path / "run")
+    cfg = tiny_test_config(train={"pretrain_steps": 2, "meta_steps": 2, "checkpoint_every": 0, "batch_size": 4},
+                           loss={"lambda_kl": 0.0, "lambda_ins": 0.0})
+    run_meta_training(cfg, run, on_ray=False)
+    stage1 = load_file(str(run.root / "meta" / "pretrain" / "hypernet.safetensors"))
+    stage2 = load_file(str(run.root / "meta" / "meta" / "hypernet.safetensors"))
+    for key in ("in_mean", "in_std"):
+        assert torch.equal(stage1[key], stage2[key]), key  # no shift of the inputs between stages
+    # and they are not the task instructions' alone (stage 1's fragments count too), nor the defaults
+    model, tokenizer, _ = load_checkpoint(run.hypernet)
+    from tagi_ray.data.tables import read_table, select_split
+    from tagi_ray.training.examples import table_examples
+
+    instructions = [e.instruction for e in table_examples(select_split(read_table(run.table), "train"), 2)]
+    fit_hypernet_input_stats(model, tokenizer, cfg.model, instructions)
+    assert not torch.allclose(model.hypernet.in_mean, stage2["in_mean"])
+    assert not torch.allclose(stage2["in_std"], torch.ones_like(stage2["in_std"]))

@@ -254,9 +254,9 @@ def test_tagi_serve_as_the_readme_says_is_healthy_within_60s(checkpoint, tmp_pat
 def test_tagi_serve_that_cannot_place_its_replicas_fails_in_bounded_time_naming_the_cpus(checkpoint, tmp_path):
     ckpt, _ = _checkpoint_on_free_port(checkpoint, tmp_path / "hypernet")
     start = time.monotonic()
-    proc = _tagi("serve", "--checkpoint", str(ckpt), "--num-cpus", "8", "--set", "start_timeout_s=15")
+    proc = _tagi("serve", "--checkpoint", str(ckpt), "--num-cpus", "8", "--set", "start_timeout_s=5")
     output = proc.communicate(timeout=180)[0]
     assert proc.returncode == 1 and time.monotonic() - start < 90, output[-3000:]
     last = output.strip().splitlines()[-1]
-    assert last.startswith("tagi serve: error: Serve app 'tagi' not running after 15 s:"), output[-3000:]
+    assert last.startswith("tagi serve: error: Serve app 'tagi' not running after 5 s:"), output[-3000:]
     assert "needs {'CPU': 8}" in last and "CPUs free" in last, last

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import run_with_shared_base, tiny_test_config
 
 from tagi_ray.config import ConfigError, load_config
@@ -142,3 +143,32 @@ def test_shipped_spaces_load():
     assert space.possible("lora.rank", cfg) == [4, 8]
     _, paper = resolve_config(None, str(SPACES / "paper.yaml"), [])
     assert paper.possible("lora.rank", cfg) == [8, 16, 32]
+
+
+def test_experiment_grid_retrains_every_ablation_as_its_own_run(ray_cluster, warm_run, tmp_path):
+    """`tagi experiment`'s Ray Tune grid: each variant is a full meta-training run of its own,
+    with its switch in its recorded config; a resubmission trains nothing again."""
+    from safetensors.torch import load_file
+
+    from tagi_ray.tune.experiment import run_grid, variant_dir
+
+    run = run_with_shared_base(warm_run, tmp_path / "run")
+    variants = ["tagi_no_fusion", "tagi_no_hypernet"]  # every switch's config: test_evaluation.py
+    cfg = tiny_test_config(train={"pretrain_steps": 0, "meta_steps": 2, "checkpoint_every": 0, "batch_size": 4},
+                           loss={"lambda_kl": 0.0, "lambda_ins": 0.0},
+                           experiment={"variants": variants, "formats": ["def"]},
+                           tune={"max_concurrent_trials": 2, "workers_per_trial": 1, "cpus_per_worker": 0.9})
+    run_grid(cfg, run)
+    trained = {v: variant_dir(run, v, "def") for v in variants}
+    configs = {v: load_config(d / "config.yaml") for v, d in trained.items()}
+    assert all(c.data.prompt == "def" for c in configs.values())
+    assert not configs["tagi_no_fusion"].instruction.fusion and configs["tagi_no_hypernet"].instruction.fusion
+    assert configs["tagi_no_hypernet"].hypernet.kind == "shared_lora" and configs["tagi_no_fusion"].hypernet.kind == "mlp"
+    weights = {v: load_file(str(d / "hypernet" / "hypernet.safetensors")) for v, d in trained.items()}
+    assert all(k.startswith("bank.") for k in weights["tagi_no_hypernet"])  # one trained LoRA, no MLP
+    assert any(k.startswith("heads.") for k in weights["tagi_no_fusion"])
+    steps = [json.loads(x) for x in (trained["tagi_no_hypernet"] / "meta" / "meta_log" / STEPS_LOG).read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2]  # its own meta-training run
+    stamps = {v: (d / "hypernet" / "hypernet.safetensors").stat().st_mtime_ns for v, d in trained.items()}
+    run_grid(cfg, run)  # resubmitted: every variant is complete, nothing retrains
+    assert {v: (d / "hypernet" / "hypernet.safetensors").stat().st_mtime_ns for v, d in trained.items()} == stamps

@@ -22,6 +22,11 @@ def parse_prompt_format(name: str) -> int:
     return int(match.group(1) or 0)
 
 
+def format_name(num_pos: int) -> str:
+    """The canonical name of the format with `num_pos` positive examples: "def", "def+2pos"."""
+    return "def" if num_pos == 0 else f"def+{num_pos}pos"
+
+
 def _end_with_punct(text: str) -> str:
     return text if text and text[-1] in string.punctuation else text + "."
 

@@ -31,15 +31,20 @@ def build_model(cfg: TagiConfig, bundle: BaseBundle | None = None) -> tuple[Tagi
     return TagiModel(bundle, cfg.lora, cfg.hypernet, cfg.instruction), bundle.tokenizer
 
 
-def prompt_tune_base(model: TagiModel, tokenizer, cfg: TagiConfig, table: pa.Table, steps: int) -> list[dict]:
-    """Multi-task fine-tuning of the whole base with the instruction in the prompt."""
-    examples = table_examples(select_split(table, "train"), parse_prompt_format(cfg.data.prompt))
+def prompt_tune_base(model: TagiModel, tokenizer, cfg: TagiConfig, table: pa.Table, steps: int,
+                     lr: float | None = None, num_pos: int | None = None, desc: str = "base warm-up (prompt)"
+                     ) -> list[dict]:
+    """Multi-task fine-tuning of the whole base with the instruction in the prompt (Tk-Instruct's
+    recipe) on the training tasks; `lr` default `train.prompt_tuning_lr`, `num_pos` default
+    `data.prompt`'s."""
+    num_pos = parse_prompt_format(cfg.data.prompt) if num_pos is None else num_pos
+    examples = table_examples(select_split(table, "train"), num_pos)
     batches = random_batches(examples, cfg.train.batch_size, cfg.train.seed)
     model.base.requires_grad_(True)
     try:
         return run_steps(lambda b: prompt_step(model, make_batch(model, tokenizer, b, cfg.model, with_prompt=True)),
-                         list(model.base.parameters()), batches, steps, cfg.train.prompt_tuning_lr,
-                         cfg.train.weight_decay, cfg.train.warmup_steps, desc="base warm-up (prompt)")
+                         list(model.base.parameters()), batches, steps, lr or cfg.train.prompt_tuning_lr,
+                         cfg.train.weight_decay, cfg.train.warmup_steps, desc=desc)
     finally:
         model.base.requires_grad_(False)
 

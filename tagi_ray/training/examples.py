@@ -22,6 +22,8 @@ class Example:
     source: str  # "Now complete the following example - Input: ... Output: ": what the model reads
     target: str  # the first reference (training target)
     outputs: tuple[str, ...]  # all references (metrics)
+    input: str = ""  # the raw instance input (SNI's copy_input baseline)
+    demo_output: str = ""  # the first positive example's output (SNI's copy_demo baseline)
 
     @property
     def prompt(self) -> str:
@@ -37,6 +39,7 @@ def table_examples(table: pa.Table, num_pos: int) -> list[Example]:
             task=row["task"], category=row["category"], id=row["id"],
             instruction=instruction_text(row["definition"], row["pos_examples"], num_pos),
             source=instance_text(row["input"]), target=row["outputs"][0], outputs=tuple(row["outputs"]),
+            input=row["input"], demo_output=row["pos_examples"][0]["output"] if row["pos_examples"] else "",
         ))
     return out
 

@@ -117,7 +117,9 @@ def _restore(engine, ctx: WorkerContext) -> tuple[int, bool]:
 
 def meta_worker_loop(config: dict, ctx: WorkerContext) -> None:
     """One meta-training worker (rank `ctx.rank` of `ctx.world_size`). `config`: {"cfg": dict,
-    "stage": "pretrain"|"meta", "base": path, "init_hypernet": path|None, "instructions": [str],
+    "stage": "pretrain"|"meta", "base": path, "init_hypernet": path|None (stage 2: start from stage 1),
+    "instructions": [str] (what the hypernetwork's input standardisation is fitted on, without init),
+    "instruction_encoder": path|None (a model directory that encodes instructions instead of the base),
     "teachers_dir": path|None, "teacher_tasks": [str], "log_dir": path, "data": Arrow table of
     all ranks' rows, shuffled (each rank takes its `worker_shard`), optional "val_data": Arrow
     table of validation rows (stage "meta": `val_loss` at every checkpoint)}."""
@@ -135,11 +137,13 @@ def meta_worker_loop(config: dict, ctx: WorkerContext) -> None:
     torch.manual_seed(cfg.train.seed)
 
     bundle = load_pretrained(config["base"], cfg.model.dtype)
-    model = TagiModel(bundle, cfg.lora, cfg.hypernet, cfg.instruction)
-    if config.get("init_hypernet"):  # stage 2 starts from stage 1
+    encoder = load_pretrained(config["instruction_encoder"], cfg.model.dtype).model \
+        if config.get("instruction_encoder") else None
+    model = TagiModel(bundle, cfg.lora, cfg.hypernet, cfg.instruction, encoder).to(device)
+    if config.get("init_hypernet"):  # stage 2 starts from stage 1: its weights AND its input standardisation
         model.hypernet.load_state_dict(load_file(str(Path(config["init_hypernet"]) / HYPERNET_FILE)))
-    # input standardisation from what this stage's hypernetwork reads (same on every rank)
-    fit_hypernet_input_stats(model, bundle.tokenizer, cfg.model, config["instructions"])
+    else:  # fitted once, on what both stages' hypernetwork reads (the same on every rank)
+        fit_hypernet_input_stats(model, bundle.tokenizer, cfg.model, config["instructions"])
     params = set_trainable(model, cfg.train.train_layer_norms)
 
     total = cfg.train.pretrain_steps if stage == "pretrain" else cfg.train.meta_steps

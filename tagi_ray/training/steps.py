@@ -37,12 +37,14 @@ def prompt_step(model: TagiModel, batch: Batch) -> dict:
 
 
 def tagi_step(model: TagiModel, batch: Batch, loss_cfg: LossConfig, teacher: LoraWeights | None = None) -> dict:
-    """TAGI loss for a batch. `teacher`: the teacher bank, rows indexed by `batch.task_ids`."""
+    """TAGI loss for a batch. `teacher`: the teacher bank, rows indexed by `batch.task_ids`.
+    With L_ce and L_kl off (an L_ins-only objective) the model's forward is skipped."""
     with torch.no_grad():  # the base is frozen: instruction states need no graph
         instr = model.encode_instruction(batch.instr_ids, batch.instr_mask)
     adapter = model.generate_adapter(instr)
-    logits, labels = model(batch.input_ids, batch.attention_mask, batch.labels, adapter, batch.index, instr)
-    teacher_logits = teacher_rows = None
+    logits = labels = teacher_logits = teacher_rows = None
+    if loss_cfg.uses_ce or loss_cfg.uses_kl:
+        logits, labels = model(batch.input_ids, batch.attention_mask, batch.labels, adapter, batch.index, instr)
     if teacher is not None and batch.task_ids is not None:
         if loss_cfg.uses_kl:
             with torch.no_grad():

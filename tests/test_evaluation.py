@@ -1,0 +1,91 @@
+"""The evaluation protocol: SNI's trivial baselines on the real test tasks against an independent
+recomputation, bootstrap CIs, paired differences, distinct-prediction shares, ablation configs."""
+from __future__ import annotations
+
+import json
+import string
+
+import pytest
+from rouge_score import rouge_scorer
+
+from tagi_ray.config import load_config
+from tagi_ray.data.export import build_table
+from tagi_ray.evaluation import Method, compare, score, scored_examples, summarize
+from tagi_ray.stats import bootstrap_ci, distinct_share, paired_difference_ci
+
+
+def _independent(sni_dir, which: str, limit: int = 100) -> tuple[float, float, int]:
+    """ROUGE-L / EM of copy_input or copy_demo straight from the task JSON files (SNI's recipe:
+    rouge-score with stemming, max over references; EM after lowercasing, stripping ASCII
+    punctuation and collapsing spaces; mean over all instances x100)."""
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    norm = lambda t: " ".join("".join(c for c in t.lower() if c not in string.punctuation).split())  # noqa: E731
+    rl = em = n = 0.0
+    for name in (sni_dir / "test_tasks.txt").read_text().split():
+        task = json.loads((sni_dir / "tasks" / f"{name}.json").read_text())
+        for inst in task["Instances"][:limit]:
+            pred = inst["input"] if which == "copy_input" else task["Positive Examples"][0]["output"]
+            refs = inst["output"] if isinstance(inst["output"], list) else [inst["output"]]
+            rl += max(scorer.score(r, pred)["rougeL"].fmeasure for r in refs)
+            em += max(float(norm(pred) == norm(r)) for r in refs)
+            n += 1
+    return 100 * rl / n, 100 * em / n, int(n)
+
+
+@pytest.mark.parametrize("which", ["copy_input", "copy_demo"])
+def test_trivial_baselines_on_the_real_test_tasks_match_an_independent_recomputation(shared_sni_dir, which):
+    table, errors = build_table(shared_sni_dir, ("test",), max_eval_instances=100)
+    assert not errors
+    examples = scored_examples(table, 0)
+    preds = [e.input if which == "copy_input" else e.demo_output for e in examples]
+    overall = summarize(score(examples, preds))["overall"]
+    rouge, em, n = _independent(shared_sni_dir, which)
+    assert overall["n"] == n and len({e.task for e in examples}) == 12
+    assert overall["rougeL"] == pytest.approx(rouge, abs=1e-3) and overall["exact_match"] == pytest.approx(em, abs=1e-3)
+    print(f"{which}: ROUGE-L {overall['rougeL']:.2f} {overall['rougeL_ci']}, EM {overall['exact_match']:.2f}, n={n}")
+    assert overall["rougeL_ci"][0] <= overall["rougeL"] <= overall["rougeL_ci"][1]
+
+
+def test_bootstrap_and_paired_differences():
+    a = {"t1": [100.0, 0.0, 100.0, 0.0], "t2": [50.0, 50.0]}
+    b = {"t1": [0.0, 0.0, 0.0, 0.0], "t2": [50.0, 50.0]}
+    lo, hi = bootstrap_ci(a, n_boot=2000, seed=1)
+    assert lo < 50.0 < hi and 0 <= lo and hi <= 100  # mean 50 over the 6 instances
+    assert bootstrap_ci(b) == (pytest.approx(100 / 6), pytest.approx(100 / 6))  # no spread within tasks: no spread
+    d, dlo, dhi = paired_difference_ci(a, b)
+    assert d == pytest.approx(200 / 6) and dlo <= d <= dhi
+    assert paired_difference_ci(a, a)[1:] == (0.0, 0.0)  # identical methods: no uncertainty in the difference
+    with pytest.raises(ValueError, match="same instances"):
+        paired_difference_ci(a, {"t1": [0.0]})
+    assert distinct_share(["x"] * 8) == 1 / 8 and distinct_share(list("abcd")) == 1.0
+
+
+def test_summaries_show_constant_answers_and_compare_on_the_same_instances():
+    from tagi_ray.training.examples import Example
+
+    ex = [Example(f"t{i % 2}", "c", str(i), "", "", str(i % 3), (str(i % 3),), input=str(i)) for i in range(12)]
+    constant = score(ex, ["0"] * 12)
+    right = score(ex, [e.target for e in ex])
+    s = summarize(constant)
+    assert s["per_task"]["t0"]["distinct"] == pytest.approx(1 / 6, abs=1e-4) and s["overall"]["exact_match"] == pytest.approx(100 / 3, abs=1e-3)
+    diff = compare(right, constant)
+    assert diff["exact_match"] == pytest.approx(100 - 100 / 3) and diff["exact_match_ci"][0] > 0
+    with pytest.raises(ValueError, match="different instances"):
+        compare(right, constant[::-1])
+    with pytest.raises(ValueError, match="needs a path"):
+        Method("tagi", "tagi")
+
+
+def test_every_ablation_differs_from_tagi_by_exactly_its_switch():
+    from tagi_ray.tune.experiment import VARIANTS, variant_config
+
+    base = load_config().to_dict()
+    full = variant_config(base, "tagi", "def").to_dict()
+    seen = set()
+    for variant, switch in VARIANTS.items():
+        cfg = variant_config(base, variant, "def").to_dict()
+        diff = {f"{s}.{k}": v for s in cfg for k, v in cfg[s].items() if full[s][k] != v}
+        assert diff == switch, variant
+        seen.add(json.dumps(diff, sort_keys=True))
+    assert len(seen) == len(VARIANTS)  # all distinct
+    assert variant_config(base, "tagi", "def+2pos").data.prompt == "def+2pos"
