@@ -24,7 +24,8 @@ def run_baselines(cfg: TagiConfig, run: RunDir, formats: dict[str, int], on_ray:
     table = ensure_data(cfg, run)
     base = ensure_base(cfg, run, table)
     jobs = baseline_jobs(cfg, table, BaselinePaths(run.baselines), formats)
-    print(f"baselines: {len(jobs)} to train: {jobs}", flush=True)
+    oracle = [j for j in jobs if j[0] == "oracle"]
+    print(f"baselines: to train: {[j for j in jobs if j[0] != 'oracle']} and {len(oracle)} oracle folds", flush=True)
     if not jobs:
         return jobs
     config = {"cfg": cfg.to_dict(), "table": table, "base": str(base), "out": str(run.baselines),

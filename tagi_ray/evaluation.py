@@ -38,7 +38,7 @@ from tagi_ray.stats import bootstrap_ci, distinct_share, paired_difference_ci
 from tagi_ray.tagi import TagiModel
 from tagi_ray.training.baselines import FOLDS, fold_name
 from tagi_ray.training.examples import Example, table_examples
-from tagi_ray.training.teacher_store import load_teacher_bank
+from tagi_ray.training.teacher_store import completed_tasks, load_teacher_bank
 
 KINDS = ("tagi", "base", "prompt_zero_shot", "tk_instruct", "tk_instruct_lora", "copy_input", "copy_demo", "oracle")
 NEEDS_PATH = {"tagi", "tk_instruct", "tk_instruct_lora", "oracle"}
@@ -118,6 +118,10 @@ class Predictor:
             elif method.kind in ("base", "oracle"):
                 if folds is not None:
                     names = [fold_name(e.task, f) for e, f in zip(chunk, folds[start:start + self.batch_size])]
+                    missing = sorted(set(names) - completed_tasks(method.path))
+                    if missing:
+                        raise FileNotFoundError(f"oracle: no LoRA for {missing[:3]} under {method.path}: "
+                                                f"run `tagi baselines` (it trains the missing folds)")
                     bank, rows = load_teacher_bank(method.path, sorted(set(names)), self.cfg.lora.rank,
                                                    self.cfg.lora.alpha)
                     adapter = bank.to(self.device)

@@ -122,8 +122,19 @@ def load_base(cfg: ModelConfig) -> BaseBundle:
 
 
 def save_base(bundle: BaseBundle, out_dir: str | Path) -> Path:
-    """Save weights (safetensors), config and tokenizer so `load_pretrained(out_dir)` restores it."""
+    """Save weights (safetensors), config and tokenizer so `load_pretrained(out_dir)` restores it.
+
+    Written here rather than with `save_pretrained`, which silently writes nothing on a process
+    whose torch.distributed rank is not 0 (any Ray Train worker but the first); tied weights
+    are stored once (`safetensors.torch.save_model`) and re-tied by `from_pretrained`."""
+    from safetensors.torch import save_model
+
     out = Path(out_dir)
-    bundle.model.save_pretrained(out, safe_serialization=True)
+    out.mkdir(parents=True, exist_ok=True)
+    model = bundle.model
+    model.config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None and model.can_generate():
+        model.generation_config.save_pretrained(out)
+    save_model(model, str(out / "model.safetensors"), metadata={"format": "pt"})
     bundle.tokenizer.save_pretrained(out)
     return out

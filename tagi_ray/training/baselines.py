@@ -66,9 +66,8 @@ class BaselinePaths:
     def oracle(self) -> Path:
         return self.root / "oracle"
 
-    def done(self, method: str, fmt: str | None, test_tasks: Sequence[str] = ()) -> bool:
-        if method == "oracle":
-            return {fold_name(t, f) for t in test_tasks for f in range(FOLDS)} <= completed_tasks(self.oracle)
+    def done(self, method: str, fmt: str) -> bool:
+        """Whether the tk_instruct / tk_instruct_lora baseline of `fmt` is trained."""
         path = self.tk_instruct(fmt) if method == "tk_instruct" else self.tk_instruct_lora(fmt)
         return (path / "done.json").is_file()
 
@@ -138,12 +137,13 @@ def oracle_folds(table: pa.Table) -> list[TaskData]:
     return out
 
 
-def train_oracles(cfg: TagiConfig, table: pa.Table, base: Path, out: Path, rank: int = 0, world: int = 1,
+def train_oracles(cfg: TagiConfig, table: pa.Table, base: Path, out: Path, folds: Sequence[str],
                   device: torch.device = CPU) -> list[str]:
-    """This rank's share of the oracle folds, packed K at a time like teachers; returns the names."""
+    """The oracle `folds` (names), packed K at a time like teachers; returns their names."""
     bundle = load_pretrained(str(base), cfg.model.dtype)
     model = TagiModel(bundle, cfg.lora, cfg.hypernet, cfg.instruction).eval().to(device)
-    pending = [t for t in oracle_folds(table) if t.name not in completed_tasks(out)][rank::world]
+    wanted = set(folds)
+    pending = [t for t in oracle_folds(table) if t.name in wanted]
     steps = cfg.baselines.oracle_steps or cfg.teachers.steps
     data = cfg.to_dict()
     data["teachers"]["steps"] = steps
@@ -173,30 +173,34 @@ def _summary(steps: int, history: list[dict], start: float) -> str:
 
 
 def baseline_jobs(cfg: TagiConfig, table: pa.Table, paths: BaselinePaths, formats: dict[str, int]) -> list[list]:
-    """[method, format] pairs still to train (the oracle once, format-free)."""
-    test_tasks = sorted(set(select_split(table, "test").column("task").to_pylist()))
+    """Jobs still to do: [method, format] for tk_instruct / tk_instruct_lora, and ["oracle", fold
+    name] for every missing oracle fold (decided here, once, so ranks never race over them)."""
     jobs = []
     for method in cfg.baselines.methods:
-        for fmt in ([None] if method == "oracle" else list(formats)):
-            if not paths.done(method, fmt, test_tasks):
-                jobs.append([method, fmt])
+        if method == "oracle":
+            done = completed_tasks(paths.oracle)
+            jobs += [["oracle", t.name] for t in oracle_folds(table) if t.name not in done]
+            continue
+        jobs += [[method, fmt] for fmt in formats if not paths.done(method, fmt)]
     return jobs
 
 
 def baseline_worker_loop(config: dict, ctx: WorkerContext) -> None:
-    """Train this rank's share of `config["jobs"]` ([method, format] pairs). `config`: {"cfg":
-    dict, "table": Arrow table, "base": path, "out": baselines dir, "formats": {name: k},
-    "jobs": [[method, format]]}; the oracle job is split over all ranks."""
+    """Train this rank's share of `config["jobs"]` (from `baseline_jobs`): the tk jobs one per
+    rank in turn, the oracle folds split evenly. `config`: {"cfg": dict, "table": Arrow table,
+    "base": path, "out": baselines dir, "formats": {name: k}, "jobs": [[method, format|fold]]}."""
     cfg = config_from_dict(config["cfg"])
     if ctx.device.type == "cpu":
         torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
     paths, table, base = BaselinePaths(Path(config["out"])), config["table"], Path(config["base"])
     formats, done = config["formats"], []
-    for i, (method, fmt) in enumerate(config["jobs"]):
-        if method == "oracle":
-            done += train_oracles(cfg, table, base, paths.oracle, ctx.rank, ctx.world_size, ctx.device)
-        elif i % ctx.world_size == ctx.rank:
+    folds = [fold for method, fold in config["jobs"] if method == "oracle"][ctx.rank::ctx.world_size]
+    if folds:
+        done += train_oracles(cfg, table, base, paths.oracle, folds, ctx.device)
+    tk_jobs = [job for job in config["jobs"] if job[0] != "oracle"]
+    for i, (method, fmt) in enumerate(tk_jobs):
+        if i % ctx.world_size == ctx.rank:
             trainer = train_tk_instruct if method == "tk_instruct" else train_tk_instruct_lora
             out = paths.tk_instruct(fmt) if method == "tk_instruct" else paths.tk_instruct_lora(fmt)
             trainer(cfg, table, base, formats[fmt], out, ctx.device)
