@@ -37,7 +37,7 @@ def run_baselines(cfg: TagiConfig, run: RunDir, formats: dict[str, int], on_ray:
         connect(cfg.ray.address)
         fit_workers(baseline_worker_loop, config, cfg.ray, f"baselines-{int(time.time())}",
                     storage_path(cfg.ray.storage_path, str(run.ray_storage)),
-                    num_workers=min(cfg.ray.num_workers, max(2, len(jobs))))
+                    num_workers=min(cfg.ray.num_workers, len(jobs)))
     else:
         run_in_process(baseline_worker_loop, config, run.root / "baselines_local", default_device(cfg.ray.use_gpu))
     return jobs

@@ -31,7 +31,7 @@ ORDER = ["copy_input", "copy_demo", "base", "prompt_zero_shot", "tk_instruct", "
          "tagi_no_fusion", "tagi_no_kl", "tagi_no_ins", "tagi_no_pretrain", "tagi_no_hypernet", "oracle"]
 
 
-def baseline_methods(cfg: TagiConfig, run: RunDir, fmt: str) -> list[Method]:
+def baseline_methods(run: RunDir, fmt: str) -> list[Method]:
     """Every baseline this run has: the untrained ones always, the trained ones when present."""
     paths = BaselinePaths(run.baselines)
     rows = [Method("copy_input", "copy_input"), Method("copy_demo", "copy_demo"), Method("base", "base"),
@@ -46,8 +46,10 @@ def baseline_methods(cfg: TagiConfig, run: RunDir, fmt: str) -> list[Method]:
 
 
 def write_report(run: RunDir, results: dict, records: list[dict], title: str = "tagi-ray evaluation",
-                 preamble: list[str] = ()) -> Path:
-    """metrics.json, predictions.jsonl, report.md (methods table, per-task tables) and PNGs."""
+                 preamble: list[str] = (), source: RunDir | None = None) -> Path:
+    """metrics.json, predictions.jsonl, report.md (methods table, per-task tables) and PNGs in
+    `run`; training curves and teachers are read from `source` (default `run`)."""
+    source = source or run
     (run.root / "metrics.json").write_text(json.dumps(results, indent=1))
     (run.root / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     p = results["protocol"]
@@ -67,11 +69,11 @@ def write_report(run: RunDir, results: dict, records: list[dict], title: str = "
         if examples:
             lines += [f"### {fmt}: TAGI sample outputs", ""] + [
                 f"- `{e['task']}`: predicted `{e['prediction']!r}`, reference `{e['reference']!r}`" for e in examples] + [""]
-    curves = training_curves({s: run.root / "meta" / f"{s}_log" / STEPS_LOG for s in ("pretrain", "meta")},
+    curves = training_curves({s: source.root / "meta" / f"{s}_log" / STEPS_LOG for s in ("pretrain", "meta")},
                              run.root / "training_curves.png")
     if curves:
         lines += ["## Meta-training curves", "", f"![training curves]({curves.name})", ""]
-    teachers = run.teachers / "manifest.jsonl"
+    teachers = source.teachers / "manifest.jsonl"
     if teachers.is_file():
         rows = [json.loads(x) for x in teachers.read_text().splitlines() if x.strip()]
         ok = [r for r in rows if r["status"] == "complete"]
@@ -92,7 +94,7 @@ def run_evaluation(cfg: TagiConfig, run: RunDir, checkpoint: Path | None = None)
     fmt = format_name(parse_prompt_format(ckpt_cfg.data.prompt))
     table = ensure_data(cfg, run)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"prompt": ckpt_cfg.data.prompt})})
-    methods = {fmt: baseline_methods(cfg, run, fmt) + [Method("tagi", "tagi", checkpoint)]}
+    methods = {fmt: baseline_methods(run, fmt) + [Method("tagi", "tagi", checkpoint)]}
     results, records = evaluate(cfg, table, methods, run.base, default_device(cfg.ray.use_gpu))
     report = write_report(run, results, records)
     print("\n" + methods_table(results, ORDER))

@@ -66,7 +66,7 @@ def instruction_encoder(cfg: TagiConfig, run: RunDir) -> str | None:
     paths, fmt = BaselinePaths(run.baselines), format_name(parse_prompt_format(cfg.data.prompt))
     if not paths.done("tk_instruct", fmt):
         raise FileNotFoundError(f"instruction.encoder: tk_instruct needs the tk_instruct baseline of format {fmt!r} "
-                                f"at {paths.tk_instruct(fmt)}: run `tagi baselines` first")
+                                f"at {paths.tk_instruct(fmt)}: run `tagi baselines` first, with tk_instruct in baselines.methods")
     return str(paths.tk_instruct(fmt))
 
 
@@ -123,10 +123,11 @@ def run_meta_training(cfg: TagiConfig, run: RunDir, exclude_tasks: set[str] = fr
         fragments = [e.instruction for e in split_texts(rng.sample(texts, min(512, len(texts))), rng)]
         stage1 = _fit_stage(cfg, run, "pretrain", base, pa.table({"text": texts}), fragments + instructions, None,
                             [], name, on_ray=on_ray)
+    if stage1 is not None and cfg.train.train_layer_norms:  # stage 2 continues stage 1's layer norms
+        base = stage1 / "base"
     final = _fit_stage(cfg, run, "meta", base, tasks, instructions, stage1, names if cfg.loss.uses_teachers else [],
                        name, callbacks, val_data, on_ray)
-    if not (run.hypernet / HYPERNET_FILE).is_file() or run.hypernet.resolve() != final.resolve():
-        shutil.rmtree(run.hypernet, ignore_errors=True)
+    if not (run.hypernet / HYPERNET_FILE).is_file():
         shutil.copytree(final, run.hypernet)
     print(f"meta-train: checkpoint -> {run.hypernet}")
     return run.hypernet

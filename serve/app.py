@@ -31,11 +31,17 @@ def replica_cpus(total_cpus: float) -> dict[str, float]:
     return {"AdapterGenerator": share, "InstanceInference": share, "TagiIngress": 0.1}
 
 
+def replica_gpus(total_gpus: float) -> dict[str, float]:
+    """GPUs per replica: the two model deployments share one GPU when the cluster has any."""
+    share = 0.5 if total_gpus >= 1 else 0.0
+    return {"AdapterGenerator": share, "InstanceInference": share}
+
+
 def build_app(args: dict) -> Application:
     """Application builder (Serve config `args`): checkpoint (required), serve (overrides of the
     config's `serve:` section, e.g. {max_batch_size: 16}), num_cpus (CPUs per replica: one number
-    for every deployment, or {deployment name: CPUs}; serve/config.yaml sets them per deployment
-    instead)."""
+    for every deployment, or {deployment name: CPUs}), num_gpus ({deployment name: GPUs});
+    serve/config.yaml sets them per deployment instead."""
     checkpoint = args.get("checkpoint")
     if not checkpoint or not (Path(checkpoint) / HYPERNET_FILE).is_file():
         raise ValueError(f"args.checkpoint: {checkpoint!r} is not a TAGI checkpoint directory "
@@ -45,10 +51,11 @@ def build_app(args: dict) -> Application:
     limits = serve_limits(checkpoint, overrides)
     deployments = {"AdapterGenerator": AdapterGenerator, "InstanceInference": InstanceInference,
                    "TagiIngress": TagiIngress}
-    cpus = args.get("num_cpus")
+    cpus, gpus = args.get("num_cpus"), args.get("num_gpus") or {}
     if cpus is not None:
         per = cpus if isinstance(cpus, dict) else {name: cpus for name in deployments}
-        deployments = {name: d.options(ray_actor_options={"num_cpus": float(per[name])}) if name in per else d
+        deployments = {name: d.options(ray_actor_options={"num_cpus": float(per[name]),
+                                                          "num_gpus": float(gpus.get(name, 0))}) if name in per else d
                        for name, d in deployments.items()}
     generator = deployments["AdapterGenerator"].bind(checkpoint, overrides)
     inference = deployments["InstanceInference"].bind(checkpoint, generator, overrides)

@@ -17,7 +17,7 @@ import yaml
 from tagi_ray.checkpoint import check_checkpoint
 from tagi_ray.cli import OneLineParser, UserError
 from tagi_ray.edge.cluster import connect, resources, stop
-from tagi_ray.serve.app import DEPLOYMENTS, build_app, replica_cpus, serve_limits
+from tagi_ray.serve.app import DEPLOYMENTS, build_app, replica_cpus, replica_gpus, serve_limits
 
 APP_NAME = "tagi"
 
@@ -71,10 +71,11 @@ def start(checkpoint: str, host: str | None = None, port: int | None = None, ove
     connect(address)
     limits = serve_limits(checkpoint, overrides)
     host, port = host or limits["host"], port or limits["port"]
-    cpus = {name: num_cpus for name in DEPLOYMENTS} if num_cpus is not None \
-        else replica_cpus(resources().get("CPU", 1.0))
+    cluster = resources()
+    cpus = {name: num_cpus for name in DEPLOYMENTS} if num_cpus is not None else replica_cpus(cluster.get("CPU", 1.0))
     serve.start(http_options={"host": host, "port": port})
-    app = build_app({"checkpoint": checkpoint, "serve": overrides or {}, "num_cpus": cpus})
+    app = build_app({"checkpoint": checkpoint, "serve": overrides or {}, "num_cpus": cpus,
+                     "num_gpus": replica_gpus(cluster.get("GPU", 0.0))})
     serve.run_many([RunTarget(app, name=APP_NAME, route_prefix="/")],
                    wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
     wait_until_running(APP_NAME, limits["start_timeout_s"], cpus)

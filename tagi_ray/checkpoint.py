@@ -1,7 +1,7 @@
 """A TAGI checkpoint: everything serving needs, no DeepSpeed, no pickle.
 
     DIR/config.yaml             the resolved TagiConfig
-    DIR/base/                   the base model + tokenizer (save_pretrained, safetensors)
+    DIR/base/                   the base model + tokenizer (`save_base`: safetensors, config, tokenizer)
     DIR/hypernet.safetensors    the hypernetwork's weights
     DIR/instruction_encoder/    only with `instruction.encoder: tk_instruct`: the model that encodes instructions
 """

@@ -34,7 +34,7 @@ class UserError(Exception):
 
 
 # errors a user can fix: shown as one line (anything else too, with a hint to use --debug)
-USER_ERRORS = (UserError, ConfigError, FileNotFoundError, NotADirectoryError, ValueError, KeyError)
+USER_ERRORS = (UserError, ConfigError, FileNotFoundError, NotADirectoryError, ValueError)
 
 
 class OneLineParser(argparse.ArgumentParser):

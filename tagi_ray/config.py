@@ -146,7 +146,7 @@ class TrainConfig(Section):
     prompt_tuning_steps: NonNegInt = 200  # base warm-up, instruction in prompt
     prompt_tuning_lr: PosFloat = 1e-3
     pretrain_steps: NonNegInt = 100
-    meta_steps: NonNegInt = 200
+    meta_steps: PosInt = 200
     zero_stage: Literal[0, 1, 2, 3] = 2
     checkpoint_every: NonNegInt = 50  # meta-training steps; 0 = only at the end
     train_layer_norms: Bool = False  # also train the base's layer norms in meta-training (official TAGI: yes)
@@ -361,11 +361,25 @@ def _float_strings(data: Any) -> Any:
     return data
 
 
+# keys of configs recorded before 2026-12-03 (run directories, checkpoints) -> their new place
+_MOVED = {("hypernet", "fusion"): ("instruction", "fusion"), ("hypernet", "pooling"): ("instruction", "pooling"),
+          ("teachers", "holdout"): ("teachers", "held_back"), ("hypernet", "num_pos_examples"): None}
+
+
+def _migrate(data: dict) -> dict:
+    for (section, key), new in _MOVED.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            value = data[section].pop(key)
+            if new is not None:
+                data.setdefault(new[0], {}).setdefault(new[1], value)
+    return data
+
+
 def config_from_dict(data: dict | None, overrides: list[str] | None = None) -> TagiConfig:
     """Validate a plain dict (e.g. parsed YAML) plus KEY=VALUE overrides into a TagiConfig."""
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"config must be a mapping, got {type(data).__name__}")
-    data = yaml.safe_load(yaml.safe_dump(dict(data or {})))  # deep copy
+    data = _migrate(yaml.safe_load(yaml.safe_dump(dict(data or {}))))  # deep copy
     for override in overrides or []:
         _apply_override(data, override)
     try:

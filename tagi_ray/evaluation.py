@@ -201,7 +201,8 @@ def scored_examples(table: pa.Table, num_pos: int) -> list[Example]:
 def evaluate(cfg: TagiConfig, table: pa.Table, methods: dict[str, list[Method]], base_dir: Path,
              device: torch.device, batch_size: int = 32, n_boot: int = 1000) -> tuple[dict, list[dict]]:
     """Evaluate `methods[format]` in each format. Returns (results, records): results =
-    {"protocol", "formats": {format: {method: summary (+ "vs_tagi" when a tagi row exists)}}};
+    {"protocol", "formats": {format: {method: summary (+ "tagi_minus", the paired difference, when a
+    tagi row exists)}}};
     records = one dict per (format, method, instance)."""
     predictor = Predictor(cfg, base_dir, device, batch_size)
     results: dict = {"protocol": PROTOCOL, "formats": {}}

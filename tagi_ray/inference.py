@@ -2,7 +2,7 @@
 
 `generate_adapters` is THE instruction -> adapter function (export, serving, evaluation and
 the CLI all call it): each distinct instruction is tokenized, encoded once by the frozen base
-and turned into one adapter by the hypernetwork.
+(or the instruction encoder) and turned into one adapter by the hypernetwork.
 """
 from __future__ import annotations
 

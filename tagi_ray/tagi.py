@@ -208,6 +208,9 @@ class TagiModel(nn.Module):
         temperature, logits_processor, stopping_criteria, ...) say otherwise. Causal LMs:
         left-padded prompts. Returns each example's new tokens up to (not including) EOS."""
         fuse = self.fusion if fuse is None else fuse
+        if options.get("num_beams", 1) != 1 or options.get("num_return_sequences", 1) != 1:
+            raise ValueError("generate: one sequence per example (num_beams, num_return_sequences = 1): the batch's "
+                             "rows carry their own adapters")
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                   pad_token_id=self.pad_id, eos_token_id=self.eos_id,
                                   decoder_start_token_id=getattr(self.base.config, "decoder_start_token_id", None))

@@ -172,7 +172,7 @@ def test_pipeline_as_ray_job(ray_head, tmp_path):
     assert (out / "hypernet" / "hypernet.safetensors").is_file() and (out / "hypernet" / "config.yaml").is_file()
     assert (out / "report.md").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"def", "def+2pos"} and "tagi" in metrics["def"]  # evaluation results
+    assert set(metrics["formats"]) == {"def+2pos"} and "tagi" in metrics["formats"]["def+2pos"]  # evaluation results
 
     # the same cluster serves the result with Serve's own CLI and serve/config.yaml
     import requests

@@ -87,6 +87,16 @@ def test_adapters_depend_on_the_instruction(trained):
 
 def test_checkpoint_round_trip_and_export_adapter_cli(trained, tmp_path):
     trained_model, trained_tok, cfg, table, ckpt, _ = trained
+    # the standalone export holds exactly the hypernetwork DeepSpeed trained (weights and the
+    # input standardisation buffers), as the last checkpoint of the training loop saved it
+    (ds_state,) = (ckpt.parent / "meta" / "meta_checkpoints").glob("checkpoint_*/ds/mp_rank_00_model_states.pt")
+    trained_state = {k.removeprefix("model.hypernet."): v
+                     for k, v in torch.load(ds_state, map_location="cpu", weights_only=False)["module"].items()
+                     if k.startswith("model.hypernet.")}
+    exported = trained_model.hypernet.state_dict()
+    assert set(trained_state) == set(exported) and {"in_mean", "in_std"} <= set(exported)
+    for k, v in exported.items():
+        torch.testing.assert_close(v, trained_state[k].to(v.dtype), msg=k)
     again = save_checkpoint(trained_model, trained_tok, cfg, tmp_path / "again")
     model, tok, cfg2 = load_checkpoint(again)
     assert cfg2 == cfg

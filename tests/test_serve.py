@@ -20,7 +20,7 @@ import requests
 import torch
 
 from tagi_ray.batching import instruction_batch
-from tagi_ray.checkpoint import load_checkpoint, save_checkpoint
+from tagi_ray.checkpoint import load_checkpoint
 from tagi_ray.data.prompts import instance_text, instruction_text
 from tagi_ray.inference import generate_with_instructions
 from tagi_ray.jobs.meta_train import run_meta_training

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import run_with_shared_base, tiny_test_config
 
 from tagi_ray.config import ConfigError, load_config

@@ -32,6 +32,7 @@ from tagi_ray.run_dir import RunDir
 from tagi_ray.stages import ensure_base, ensure_data, record_config
 from tagi_ray.training.baselines import format_dir
 from tagi_ray.training.worker import default_device
+from tagi_ray.tune.sweep import check_cluster
 from tagi_ray.tune.trial import trial_config, trial_run
 
 # each ablation: the one switch that differs from full TAGI (the paper's Table 4)
@@ -78,6 +79,7 @@ def run_grid(cfg: TagiConfig, run: RunDir) -> None:
     if not todo:
         return
     connect(cfg.ray.address)
+    check_cluster(cfg)  # a trial that does not fit would wait forever
     setup = {"cfg": cfg.to_dict(), "run": str(run.root)}
     trainable = tune.with_resources(tune.with_parameters(experiment_trial, setup=setup), {"CPU": cfg.tune.driver_cpus})
     grid = {"variant": tune.grid_search(cfg.experiment.variants), "format": tune.grid_search(cfg.experiment.formats)}
@@ -111,7 +113,7 @@ def run_experiment(cfg: TagiConfig, run: RunDir) -> dict:
     formats = {f: FORMATS[f] for f in cfg.experiment.formats}
     stage("baselines", lambda: run_baselines(cfg, run, formats))
     stage("TAGI variants (Ray Tune grid)", lambda: run_grid(cfg, run))
-    methods = {f: baseline_methods(cfg, run, f) + [Method(v, "tagi", variant_dir(run, v, f) / "hypernet")
+    methods = {f: baseline_methods(run, f) + [Method(v, "tagi", variant_dir(run, v, f) / "hypernet")
                                                    for v in cfg.experiment.variants]
                for f in cfg.experiment.formats}
     results, records = stage("evaluation", lambda: evaluate(cfg, table, methods, run.base,
@@ -121,7 +123,7 @@ def run_experiment(cfg: TagiConfig, run: RunDir) -> dict:
     switches = ", ".join(f"`{v}`: {s or 'full TAGI'}" for v, s in VARIANTS.items() if v in cfg.experiment.variants)
     report = write_report(out, results, records, title="tagi-ray experiment: TAGI, ablations and baselines",
                           preamble=["", f"Variants (each a full meta-training run with one switch): {switches}.",
-                                    f"Stage wall times (s): {json.dumps(timings)}."])
+                                    f"Stage wall times (s): {json.dumps(timings)}."], source=run)
     print("\n" + methods_table(results, ORDER) + f"\n\nreport -> {report}\nstage seconds: {timings}", flush=True)
     return results
 

@@ -43,6 +43,8 @@ def trial_run(root: Path, main: RunDir, teachers: Path | None) -> RunDir:
     run = RunDir(root)
     _link(run.table, main.table)
     _link(run.base, main.base)
+    if main.baselines.is_dir():  # instruction.encoder: tk_instruct reads the tk_instruct baseline
+        _link(run.baselines, main.baselines)
     if teachers is not None:
         _link(run.teachers, teachers)
     return run

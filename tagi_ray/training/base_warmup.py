@@ -42,7 +42,8 @@ def prompt_tune_base(model: TagiModel, tokenizer, cfg: TagiConfig, table: pa.Tab
     batches = random_batches(examples, cfg.train.batch_size, cfg.train.seed)
     model.base.requires_grad_(True)
     try:
-        return run_steps(lambda b: prompt_step(model, make_batch(model, tokenizer, b, cfg.model, with_prompt=True)),
+        return run_steps(lambda b: prompt_step(model, make_batch(model, tokenizer, b, cfg.model,
+                                                                  with_prompt=True).to(model.device)),
                          list(model.base.parameters()), batches, steps, lr or cfg.train.prompt_tuning_lr,
                          cfg.train.weight_decay, cfg.train.warmup_steps, desc=desc)
     finally:

@@ -35,7 +35,7 @@ from tagi_ray.training.base_warmup import prompt_tune_base
 from tagi_ray.training.examples import random_batches, table_examples
 from tagi_ray.training.loop import run_steps
 from tagi_ray.training.steps import make_batch
-from tagi_ray.training.teacher_store import completed_tasks, write_teacher
+from tagi_ray.training.teacher_store import completed_tasks, record_failure, write_teacher
 from tagi_ray.training.teachers import TaskData, evaluate_pack, train_pack
 from tagi_ray.training.worker import WorkerContext
 
@@ -156,6 +156,9 @@ def train_oracles(cfg: TagiConfig, table: pa.Table, base: Path, out: Path, folds
         weights = result.bank.weights()
         scores = evaluate_pack(model, bundle.tokenizer, cfg, pack, weights)
         for j, t in enumerate(pack):
+            if t.name in result.failed:  # not written: the next run retries it
+                record_failure(out, t.name, result.failed[t.name], 0)
+                continue
             row = {"task": t.name, "status": "complete", "steps": steps, "rougeL": scores[t.name]["rougeL"],
                    "exact_match": scores[t.name]["exact_match"], "trained_on": len(t.train), "scored": len(t.held_back),
                    "seconds": result.seconds / len(pack), "host": socket.gethostname(), "time": time.time(),
