@@ -149,6 +149,7 @@ class TrainConfig(Section):
     meta_steps: PosInt = 200
     zero_stage: Literal[0, 1, 2, 3] = 2
     checkpoint_every: NonNegInt = 50  # meta-training steps; 0 = only at the end
+    cache_instructions: Bool = True  # encode each training task's instruction once per run (not per step)
     train_layer_norms: Bool = False  # also train the base's layer norms in meta-training (official TAGI: yes)
     pretrain_corpus: Str = ""  # stage-1 text (.txt lines / .jsonl "text"); "" = the training tasks' text
     fail_at_step: Annotated[StrictInt, Field(ge=-1)] = -1  # fault injection (tests): a worker fails once
@@ -165,6 +166,10 @@ class TeacherConfig(Section):
     lr: PosFloat = 3e-3
     batch_per_task: PosInt = 4  # examples of each task per step
     held_back: PosInt = 8  # training instances per task held back from the teacher, to score it
+    eval_batch_size: PosInt = 32  # held-back instances per forward when scoring teachers
+    # L_kl: each teacher's distributions on its task's instances stored once as the top k
+    # log-probs (teacher_logits.py); 0 = run the teachers at every meta step
+    logits_topk: NonNegInt = 64
     tasks: list[Str] = []  # only these training tasks ([] = all)
     max_tasks: NonNegInt = 0  # 0 = every (selected) training task
     # fault injection, for tests of resumption: a worker raises after writing this many teachers
@@ -191,7 +196,7 @@ class BaselineConfig(Section):
 class DataConfig(Section):
     """Where tasks come from and how prompts are built (Tk-Instruct formats)."""
 
-    source: Str = "builtin"  # "builtin" or a directory in the SNI layout
+    source: Str = "builtin"  # "builtin" (word rules), "lexicon" (word categories) or an SNI-layout directory
     builtin_seed: Int = 0
     prompt: Str = "def+2pos"  # "def" or "def+<k>pos"
     max_instances_per_task: PosInt = 64
@@ -410,6 +415,11 @@ def save_config(cfg: TagiConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+def preset_path(name: str) -> Path:
+    """A preset shipped at the project root: `configs/<name>.yaml`."""
+    return Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml"
+
+
 def default_config_path() -> Path:
     """The embedded default preset, `configs/tiny.yaml` at the project root."""
-    return Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
+    return preset_path("tiny")

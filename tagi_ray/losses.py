@@ -2,7 +2,8 @@
 
 - L_ce: token cross-entropy on the target.
 - L_kl: KL(teacher || student) of the temperature-softened next-token distributions, x T^2,
-  averaged over target tokens; the teacher logits come from the teacher LoRA on the same batch.
+  averaged over target tokens; the teacher logits come from the teacher LoRA on the same batch,
+  or from its top-k log-probabilities computed once per training instance (`TeacherTopK`).
 - L_ins: how far the generated update ΔW = B·A of every target module is from the teacher's,
   relative to the teacher's: mean over adapters and modules of ||ΔW_gen - ΔW_teacher||_F² /
   ||ΔW_teacher||_F². A and B of a LoRA are only defined up to an invertible r×r transform (and
@@ -37,6 +38,38 @@ def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     s = F.log_softmax(student_logits.float() / t, dim=-1)
     p = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
     per_token = F.kl_div(s, p, log_target=True, reduction="none").sum(-1)
+    mask = (labels != IGNORE).to(per_token.dtype)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1.0) * t * t
+
+
+@dataclass
+class TeacherTopK:
+    """A teacher's next-token distributions at temperature T, kept compactly: per scored token
+    the k most likely token ids and their log-probabilities (the rest's mass is 1 - Σ exp)."""
+
+    idx: torch.Tensor  # (N, k) token ids
+    logp: torch.Tensor  # (N, k) log-probabilities at temperature T
+
+    def to(self, device) -> TeacherTopK:
+        return TeacherTopK(self.idx.to(device), self.logp.to(device))
+
+
+def kl_topk_loss(student_logits: torch.Tensor, teacher: TeacherTopK, labels: torch.Tensor,
+                 temperature: float) -> torch.Tensor:
+    """`kl_loss` against a TeacherTopK: the k teacher tokens exactly, the other tokens as one
+    bucket (teacher mass r = 1 - Σ p_topk against the student's mass outside the k tokens).
+    Equals `kl_loss` when k = vocabulary (r = 0)."""
+    t = temperature
+    s = F.log_softmax(student_logits.float() / t, dim=-1)
+    s_top = s.gather(-1, teacher.idx.long())
+    p_log = teacher.logp.float()
+    p = p_log.exp()
+    top = (p * (p_log - s_top)).sum(-1)
+    rest_p = 1.0 - p.sum(-1)
+    rest_s = torch.log((1.0 - s_top.exp().sum(-1)).clamp(min=1e-12))
+    # a rest below 1e-6 is float32 round-off of Σp = 1 (k = vocabulary), not mass
+    rest = torch.where(rest_p > 1e-6, rest_p * (torch.log(rest_p.clamp(min=1e-6)) - rest_s), torch.zeros_like(rest_p))
+    per_token = top + rest
     mask = (labels != IGNORE).to(per_token.dtype)
     return (per_token * mask).sum() / mask.sum().clamp(min=1.0) * t * t
 
@@ -107,16 +140,18 @@ def lambda_ins_value(cfg: LossConfig, l_ins: torch.Tensor) -> float:
 
 
 def tagi_loss(cfg: LossConfig, student_logits: torch.Tensor | None, labels: torch.Tensor | None,
-              teacher_logits: torch.Tensor | None = None, generated: LoraWeights | None = None,
+              teacher_logits: torch.Tensor | TeacherTopK | None = None, generated: LoraWeights | None = None,
               teacher_weights: LoraWeights | None = None) -> LossTerms:
-    """The combined loss; terms whose weight is 0 (or whose inputs are None) are skipped."""
+    """The combined loss; terms whose weight is 0 (or whose inputs are None) are skipped.
+    `teacher_logits`: the teacher's logits on the same tokens, or its cached TeacherTopK."""
     like = student_logits if student_logits is not None else next(iter(generated.A.values()))
     terms = LossTerms(total=like.new_zeros((), dtype=torch.float32))
     if cfg.uses_ce and student_logits is not None:
         terms.ce, terms.lambda_ce = ce_loss(student_logits, labels), cfg.lambda_ce
         terms.total = terms.total + cfg.lambda_ce * terms.ce
     if cfg.uses_kl and teacher_logits is not None:
-        terms.kl, terms.lambda_kl = kl_loss(student_logits, teacher_logits, labels, cfg.temperature), cfg.lambda_kl
+        kl = kl_topk_loss if isinstance(teacher_logits, TeacherTopK) else kl_loss
+        terms.kl, terms.lambda_kl = kl(student_logits, teacher_logits, labels, cfg.temperature), cfg.lambda_kl
         terms.total = terms.total + cfg.lambda_kl * terms.kl
     if cfg.uses_ins and generated is not None and teacher_weights is not None:
         terms.ins = ins_loss(generated, teacher_weights)

@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from tagi_ray.config import TagiConfig, save_config
 from tagi_ray.data.builtin import write_suite
+from tagi_ray.data.lexicon import write_lexicon
 from tagi_ray.data.export import build_table
 from tagi_ray.data.tables import read_table, write_table
 from tagi_ray.run_dir import RunDir
@@ -18,8 +19,9 @@ def ensure_data(cfg: TagiConfig, run: RunDir) -> pa.Table:
     """The run's task table: read it if present, else build it from the configured source."""
     if run.table.is_file():
         return read_table(run.table)
-    sni_dir = (write_suite(run.root / "data" / "sni", seed=cfg.data.builtin_seed)
-               if cfg.data.source == "builtin" else Path(cfg.data.source))
+    generated = {"builtin": write_suite, "lexicon": write_lexicon}.get(cfg.data.source)
+    sni_dir = (generated(run.root / "data" / "sni", seed=cfg.data.builtin_seed) if generated
+               else Path(cfg.data.source))
     table, errors = build_table(sni_dir, ("train", "test"), cfg.data.max_instances_per_task,
                                 cfg.data.max_eval_instances, cfg.data.seed)
     for err in errors:

@@ -21,6 +21,7 @@ from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import DynamicLayer
 from transformers.modeling_outputs import BaseModelOutput
 
+from tagi_ray.batching import IGNORE
 from tagi_ray.config import HypernetConfig, InstructionConfig, LoraConfig
 from tagi_ray.hypernet import HyperNetwork, SharedAdapter
 from tagi_ray.lora import BatchedLora, LoraWeights, find_targets
@@ -198,6 +199,27 @@ class TagiModel(nn.Module):
             pos = (full.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
             out = self.base(input_ids=input_ids, attention_mask=full, position_ids=pos, cache=cache, use_cache=True)
             return out.logits[:, :-1], labels[:, 1:]
+
+    def label_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                     adapter: LoraWeights | None = None, index: torch.Tensor | None = None,
+                     instruction: Instruction | None = None, fuse: bool | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward` at the scored positions only: (logits (N, vocab), labels (N,), the example row
+        of each (N,)). Causal LMs apply the LM head there only: over every position of a short
+        instance a 49k-vocabulary head costs as much as a third of SmolLM2's layers."""
+        fuse = self.fusion if fuse is None else fuse
+        if self.is_encoder_decoder:
+            logits, labels = self(input_ids, attention_mask, labels, adapter, index, instruction, fuse)
+            keep = labels != IGNORE
+            return logits[keep], labels[keep], keep.nonzero()[:, 0]
+        with self.lora.apply(adapter, index):
+            cache, full = self._prefix(instruction, index, input_ids.shape[0], fuse, attention_mask)
+            pos = (full.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
+            hidden = self.base.get_decoder()(input_ids=input_ids, attention_mask=full, position_ids=pos, cache=cache,
+                                             use_cache=True).last_hidden_state[:, :-1]
+            shifted = labels[:, 1:]
+            keep = shifted != IGNORE
+            return self.base.get_output_embeddings()(hidden[keep]), shifted[keep], keep.nonzero()[:, 0]
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter: LoraWeights | None = None,

@@ -22,19 +22,22 @@ def test_data_builtin_then_sni_export(tmp_path, capsys):
     assert summary["tasks"]["train"] >= 40 and summary["tasks"]["test"] >= 12 and not summary["errors"]
 
 
-def test_demo_asks_about_a_held_out_task(tmp_path):
+def test_demo_asks_about_a_held_out_task_in_the_checkpoints_format(tmp_path):
     from tagi_ray.jobs.demo import held_out_requests
-    from tagi_ray.config import load_config
+    from tagi_ray.config import load_config, preset_path
     from tagi_ray.data.tables import read_table, select_split
     from tagi_ray.run_dir import RunDir
     from tagi_ray.stages import ensure_data
 
+    cfg = load_config(preset_path("demo"))
+    assert cfg.data.source == "lexicon" and cfg.model.name == "smollm2-135m"
     run = RunDir(tmp_path)
-    ensure_data(load_config(None), run)
-    request, rows = held_out_requests(run)
+    ensure_data(cfg, run)
     test_tasks = set(select_split(read_table(run.table), "test").column("task").to_pylist())
-    assert rows and {r["task"] for r in rows} <= test_tasks and len(request["examples"]) == 2
-    assert request["instruction"] == rows[0]["definition"]
+    for num_pos in (0, 2):
+        request, rows = held_out_requests(run, num_pos)
+        assert len(rows) == 8 and {r["task"] for r in rows} <= test_tasks and len(request["examples"]) == num_pos
+        assert request["instruction"] == rows[0]["definition"]
 
 
 def test_config_error_exits_2(capsys):

@@ -108,7 +108,7 @@ def train_tk_instruct_lora(cfg: TagiConfig, table: pa.Table, base: Path, num_pos
 
     def step(batch):
         b = make_batch(model, bundle.tokenizer, batch, cfg.model, with_prompt=True).to(device)
-        logits, labels = model(b.input_ids, b.attention_mask, b.labels, bank.weights())
+        logits, labels, _ = model.label_logits(b.input_ids, b.attention_mask, b.labels, bank.weights())
         return {"loss": ce_loss(logits, labels)}
 
     start = time.time()

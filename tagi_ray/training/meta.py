@@ -4,7 +4,9 @@ Two stages share this loop:
 - "pretrain": plain text split in three (first part -> hypernetwork, middle -> input, rest ->
   target), L_ce only;
 - "meta": training tasks, L = L_ce + lambda_kl * L_kl + lambda_ins * L_ins against the teacher
-  bank (teacher logits recomputed through the batched LoRA on the same batch).
+  bank (teacher distributions from the teachers' stored top-k, or recomputed through the
+  batched LoRA on the same batch). Each training task's instruction is encoded once per run
+  (`InstructionCache`).
 
 Checkpoints are DeepSpeed's: every rank saves its shard into one directory, then every rank
 calls `ctx.report(metrics, directory)`; a restarted loop resumes from `ctx.latest_checkpoint()`
@@ -34,7 +36,9 @@ from tqdm.auto import tqdm
 from tagi_ray.checkpoint import HYPERNET_FILE, save_checkpoint
 from tagi_ray.config import LossConfig, TagiConfig, config_from_dict
 from tagi_ray.data.prompts import parse_prompt_format
+from tagi_ray.batching import dedup
 from tagi_ray.inference import fit_hypernet_input_stats
+from tagi_ray.instruction_cache import InstructionCache
 from tagi_ray.lora import LoraWeights
 from tagi_ray.models.base import load_pretrained
 from tagi_ray.tagi import TagiModel
@@ -43,6 +47,7 @@ from tagi_ray.training.examples import Example, random_batches, table_examples
 from tagi_ray.training.loop import linear_schedule
 from tagi_ray.training.pretrain_text import split_texts
 from tagi_ray.training.steps import make_batch, tagi_step
+from tagi_ray.training.teacher_logits import gather_topk, load_topk
 from tagi_ray.training.teacher_store import load_teacher_bank
 from tagi_ray.training.validation import validation_batches, validation_loss
 from tagi_ray.training.worker import InjectedFault, WorkerContext
@@ -53,13 +58,19 @@ STEPS_LOG = "steps.jsonl"
 
 
 class MetaObjective(torch.nn.Module):
-    """What DeepSpeed wraps: the TAGI model plus the loss; forward(examples) -> loss terms."""
+    """What DeepSpeed wraps: the TAGI model plus the loss; forward(examples) -> loss terms.
+    `instructions`: an InstructionCache (each task's instruction encoded once), or None (encoded
+    at every step). `teacher_topk`: the teachers' stored distributions by instance id
+    (`teacher_logits.py`), or None (L_kl runs the teachers on every batch)."""
 
     def __init__(self, model: TagiModel, tokenizer, cfg: TagiConfig, loss: LossConfig,
-                 teacher: LoraWeights | None, teacher_rows: dict[str, int]):
+                 teacher: LoraWeights | None, teacher_rows: dict[str, int],
+                 instructions: InstructionCache | None = None,
+                 teacher_topk: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
         super().__init__()
         self.model, self.tokenizer, self.cfg, self.loss = model, tokenizer, cfg, loss
         self.teacher, self.teacher_rows = teacher, teacher_rows
+        self.instructions, self.teacher_topk = instructions, teacher_topk
 
     def forward(self, examples: list[Example], ce_only: bool = False) -> dict:
         """`ce_only`: L_ce alone, no teacher (validation tasks have none)."""
@@ -67,8 +78,24 @@ class MetaObjective(torch.nn.Module):
         teacher = None if ce_only else self.teacher
         loss = LossConfig.ce_only(self.loss.temperature) if ce_only else self.loss
         ids = [self.teacher_rows[e.task] for e in examples] if teacher is not None else None
-        batch = make_batch(self.model, self.tokenizer, examples, self.cfg.model, with_prompt=False, task_ids=ids)
-        return {**tagi_step(self.model, batch.to(device), loss, teacher), "tokens": batch.num_tokens}
+        cached = self.instructions is not None
+        batch = make_batch(self.model, self.tokenizer, examples, self.cfg.model, with_prompt=False, task_ids=ids,
+                           instructions=not cached)
+        instr = None
+        if cached:
+            texts, batch.index = dedup([e.instruction for e in examples])
+            instr = self.instructions.encode(texts)
+        topk = gather_topk(self.teacher_topk, examples) if teacher is not None and self.teacher_topk else None
+        return {**tagi_step(self.model, batch.to(device), loss, teacher, instr, topk), "tokens": batch.num_tokens}
+
+
+def instruction_cache(model: TagiModel, tokenizer, cfg: TagiConfig) -> InstructionCache | None:
+    """The run's InstructionCache, or None where the encoding changes during training (the
+    base's layer norms train and the base is the encoder) or `train.cache_instructions` is off."""
+    trains_encoder = cfg.train.train_layer_norms and model.instruction_encoder is None
+    if not cfg.train.cache_instructions or trains_encoder:
+        return None
+    return InstructionCache(model, tokenizer, cfg.model.max_instruction_length)
 
 
 def set_trainable(model: TagiModel, layer_norms: bool) -> list[torch.nn.Parameter]:
@@ -153,7 +180,14 @@ def meta_worker_loop(config: dict, ctx: WorkerContext) -> None:
         teacher, rows = load_teacher_bank(Path(config["teachers_dir"]), config["teacher_tasks"],
                                           cfg.lora.rank, cfg.lora.alpha)
         teacher = teacher.to(device)
-    objective = MetaObjective(model, bundle.tokenizer, cfg, loss_cfg, teacher, rows)
+    topk = None
+    if teacher is not None and loss_cfg.uses_kl and cfg.teachers.logits_topk:
+        topk = load_topk(Path(config["teachers_dir"]), list(rows), cfg)
+        if topk is None and rank == 0:
+            print(f"L_kl: teachers run live (no stored top-{cfg.teachers.logits_topk} logits at temperature "
+                  f"{cfg.loss.temperature} for every teacher)")
+    objective = MetaObjective(model, bundle.tokenizer, cfg, loss_cfg, teacher, rows,
+                              instruction_cache(model, bundle.tokenizer, cfg) if stage == "meta" else None, topk)
     engine, _, _, _ = deepspeed.initialize(
         model=objective, model_parameters=params, config=ds_config(cfg, total, on_gpu),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(

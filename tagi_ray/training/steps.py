@@ -12,19 +12,21 @@ import torch
 
 from tagi_ray.batching import Batch, train_batch
 from tagi_ray.config import LossConfig, ModelConfig
-from tagi_ray.losses import ce_loss, tagi_loss
+from tagi_ray.losses import TeacherTopK, ce_loss, tagi_loss
 from tagi_ray.lora.weights import LoraWeights
-from tagi_ray.tagi import TagiModel
+from tagi_ray.tagi import Instruction, TagiModel
 from tagi_ray.training.examples import Example
 
 
 def make_batch(model: TagiModel, tokenizer, examples: Sequence[Example], mcfg: ModelConfig, with_prompt: bool,
-               task_ids: Sequence[int] | None = None) -> Batch:
-    """Tokenize examples: the full Tk-Instruct prompt (`with_prompt`) or instance + instruction."""
+               task_ids: Sequence[int] | None = None, instructions: bool = True) -> Batch:
+    """Tokenize examples: the full Tk-Instruct prompt (`with_prompt`) or instance + instruction
+    (`instructions=False`: the instance only; the caller brings encoded instructions)."""
     sources = [e.prompt if with_prompt else e.source for e in examples]
     max_src = mcfg.max_source_length + (mcfg.max_instruction_length if with_prompt else 0)
     batch = train_batch(tokenizer, model.is_encoder_decoder, sources, [e.target for e in examples], max_src,
-                        mcfg.max_target_length, None if with_prompt else [e.instruction for e in examples],
+                        mcfg.max_target_length,
+                        [e.instruction for e in examples] if instructions and not with_prompt else None,
                         mcfg.max_instruction_length)
     if task_ids is not None:
         batch.task_ids = torch.as_tensor(list(task_ids), dtype=torch.long)
@@ -32,24 +34,35 @@ def make_batch(model: TagiModel, tokenizer, examples: Sequence[Example], mcfg: M
 
 
 def prompt_step(model: TagiModel, batch: Batch) -> dict:
-    logits, labels = model(batch.input_ids, batch.attention_mask, batch.labels)
+    logits, labels, _ = model.label_logits(batch.input_ids, batch.attention_mask, batch.labels)
     return {"loss": ce_loss(logits, labels)}
 
 
-def tagi_step(model: TagiModel, batch: Batch, loss_cfg: LossConfig, teacher: LoraWeights | None = None) -> dict:
+def tagi_step(model: TagiModel, batch: Batch, loss_cfg: LossConfig, teacher: LoraWeights | None = None,
+              instr: Instruction | None = None, teacher_topk: TeacherTopK | None = None) -> dict:
     """TAGI loss for a batch. `teacher`: the teacher bank, rows indexed by `batch.task_ids`.
-    With L_ce and L_kl off (an L_ins-only objective) the model's forward is skipped."""
-    with torch.no_grad():  # the base is frozen: instruction states need no graph
-        instr = model.encode_instruction(batch.instr_ids, batch.instr_mask)
+    `instr`: the batch's instructions already encoded (rows indexed by `batch.index`; e.g. from
+    an InstructionCache), else they are encoded here. `teacher_topk`: the teachers' stored
+    distributions on the batch's scored tokens (then no teacher forward for L_kl). With L_ce and L_kl off (an L_ins-only
+    objective) the model's forward is skipped."""
+    if instr is None:
+        with torch.no_grad():  # the base is frozen: instruction states need no graph
+            instr = model.encode_instruction(batch.instr_ids, batch.instr_mask)
     adapter = model.generate_adapter(instr)
     logits = labels = teacher_logits = teacher_rows = None
     if loss_cfg.uses_ce or loss_cfg.uses_kl:
-        logits, labels = model(batch.input_ids, batch.attention_mask, batch.labels, adapter, batch.index, instr)
+        logits, labels, _ = model.label_logits(batch.input_ids, batch.attention_mask, batch.labels, adapter,
+                                               batch.index, instr)
     if teacher is not None and batch.task_ids is not None:
-        if loss_cfg.uses_kl:
+        if loss_cfg.uses_kl and teacher_topk is not None:
+            if teacher_topk.idx.shape[0] != labels.shape[0]:
+                raise ValueError(f"teacher logits: {teacher_topk.idx.shape[0]} stored tokens for a batch that scores "
+                                 f"{labels.shape[0]} (tokenizer or lengths changed since the teachers were trained)")
+            teacher_logits = teacher_topk.to(logits.device)
+        elif loss_cfg.uses_kl:
             with torch.no_grad():
-                teacher_logits, _ = model(batch.input_ids, batch.attention_mask, batch.labels, teacher,
-                                          batch.task_ids, fuse=False)
+                teacher_logits, _, _ = model.label_logits(batch.input_ids, batch.attention_mask, batch.labels,
+                                                          teacher, batch.task_ids, fuse=False)
         # teacher row of each instruction row (all examples of an instruction share a task)
         if loss_cfg.uses_ins:
             rows = torch.zeros(instr.n, dtype=torch.long, device=batch.index.device)

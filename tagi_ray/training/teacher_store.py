@@ -2,6 +2,7 @@
 
     <teachers>/<task>/adapter_config.json, adapter_model.safetensors   (PEFT format)
     <teachers>/<task>/teacher.json        its manifest row (scores, timings, worker)
+    <teachers>/<task>/logits_topk.safetensors   its stored top-k logits (teacher_logits.py)
     <teachers>/_failed/<task>.json        a task whose training failed (retried on the next run)
     <teachers>/manifest.jsonl             all rows, rewritten by `merge_manifest`
 
@@ -14,7 +15,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -37,11 +38,14 @@ def completed_tasks(teachers_dir: Path | None) -> set[str]:
 
 
 def write_teacher(teachers_dir: Path, task: str, weights: LoraWeights, targets: list[LoraTarget], cfg: TagiConfig,
-                  arch: str, base_path: Path, row: dict) -> None:
-    """One teacher (weights.n == 1) as a PEFT directory + its manifest row, atomically."""
+                  arch: str, base_path: Path, row: dict, extra: Callable[[Path], object] | None = None) -> None:
+    """One teacher (weights.n == 1) as a PEFT directory + its manifest row, atomically;
+    `extra(tmp_dir)` writes more files into it first (the stored teacher logits)."""
     tmp = teachers_dir / f".{task}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     export_peft(weights, targets, cfg.lora.rank, cfg.lora.alpha, arch, str(base_path), tmp)
+    if extra is not None:
+        extra(tmp)
     (tmp / ROW_FILE).write_text(json.dumps(row))
     final = teachers_dir / task
     if final.exists():

@@ -5,7 +5,8 @@ example to its own bank row through the batched-LoRA gather, and each task's los
 separately, so a task whose loss turns NaN is dropped (recorded as failed) without stopping
 the others. After training, each task is scored on its held-back training instances (never
 trained on) against the base without adapter, and written to the teacher store
-(`teacher_store.py`).
+(`teacher_store.py`) with its top-k logits on the task's instances for L_kl
+(`teacher_logits.py`).
 
 `teacher_worker_loop(config, ctx)` is the same code with or without Ray: it takes its shard of
 the pending tasks by `ctx.rank` and reports progress through `ctx.report`.
@@ -17,6 +18,7 @@ import random
 import socket
 import time
 from collections.abc import Sequence
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from tagi_ray.batching import IGNORE, prompt_batch
+from tagi_ray.batching import prompt_batch
 from tagi_ray.config import TagiConfig, config_from_dict
 from tagi_ray.data.prompts import parse_prompt_format
 from tagi_ray.data.tables import select_split
@@ -36,6 +38,7 @@ from tagi_ray.models.base import load_pretrained
 from tagi_ray.tagi import TagiModel
 from tagi_ray.training.examples import Example, table_examples
 from tagi_ray.training.steps import make_batch
+from tagi_ray.training.teacher_logits import compute_topk, save_topk
 from tagi_ray.training.teacher_store import record_failure, write_teacher
 from tagi_ray.training.worker import InjectedFault, WorkerContext
 
@@ -62,12 +65,14 @@ def split_task_examples(examples: Sequence[Example], held_back: int, seed: int) 
 
 
 # ---- training a pack ------------------------------------------------------------------------
-def per_task_loss(logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean token CE per bank row: (k,) (rows without examples get 0)."""
-    tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE,
-                          reduction="none").view(labels.shape)
-    valid = (labels != IGNORE).float()
-    per_example = (tok * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+def per_task_loss(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, task_ids: torch.Tensor, k: int
+                  ) -> torch.Tensor:
+    """Mean token CE per bank row: (k,) (rows without examples get 0). `logits`, `labels`, `rows`:
+    the scored tokens and their example (`TagiModel.label_logits`); `task_ids`: bank row per example."""
+    tok = F.cross_entropy(logits.float(), labels, reduction="none")
+    n = task_ids.shape[0]
+    sums = torch.zeros(n, device=labels.device).index_add_(0, rows, tok)
+    per_example = sums / torch.zeros(n, device=labels.device).index_add_(0, rows, torch.ones_like(tok)).clamp(min=1.0)
     sums = torch.zeros(k, device=labels.device).index_add_(0, task_ids, per_example)
     counts = torch.zeros(k, device=labels.device).index_add_(0, task_ids, torch.ones_like(per_example))
     return sums / counts.clamp(min=1.0)
@@ -104,9 +109,9 @@ def train_pack(model: TagiModel, tokenizer, cfg: TagiConfig, tasks: Sequence[Tas
             examples += [rng.choice(tasks[i].train) for _ in range(tcfg.batch_per_task)]
             ids += [i] * tcfg.batch_per_task
         batch = make_batch(model, tokenizer, examples, cfg.model, with_prompt=False, task_ids=ids).to(device)
-        logits, labels = model(batch.input_ids, batch.attention_mask, batch.labels, bank.weights(), batch.task_ids,
-                               fuse=False)
-        losses = per_task_loss(logits, labels, batch.task_ids, k)
+        logits, labels, at = model.label_logits(batch.input_ids, batch.attention_mask, batch.labels, bank.weights(),
+                                                batch.task_ids, fuse=False)
+        losses = per_task_loss(logits, labels, at, batch.task_ids, k)
         if nan_task is not None:
             losses = torch.where(torch.tensor([t.name == nan_task for t in tasks], device=device), torch.nan, losses)
         for i in rows:
@@ -126,33 +131,47 @@ def train_pack(model: TagiModel, tokenizer, cfg: TagiConfig, tasks: Sequence[Tas
     return result
 
 
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+
+
 @torch.no_grad()
 def held_back_loss(model: TagiModel, tokenizer, cfg: TagiConfig, tasks: Sequence[TaskData], weights: LoraWeights | None
-                 ) -> dict[str, float]:
-    """Mean token cross-entropy of each task's held-back references (with its teacher, or the base)."""
+                   ) -> dict[str, float]:
+    """Mean token cross-entropy of each task's held-back references (with its teacher, or the
+    base), `teachers.eval_batch_size` examples per forward."""
     examples = [e for t in tasks for e in t.held_back]
     ids = [i for i, t in enumerate(tasks) for _ in t.held_back]
-    batch = make_batch(model, tokenizer, examples, cfg.model, with_prompt=False, task_ids=ids)
-    batch = batch.to(next(model.parameters()).device)
-    logits, labels = model(batch.input_ids, batch.attention_mask, batch.labels, weights,
-                           batch.task_ids if weights is not None else None, fuse=False)
-    losses = per_task_loss(logits, labels, batch.task_ids, len(tasks))
+    device = next(model.parameters()).device
+    sums, counts = torch.zeros(len(tasks)), torch.zeros(len(tasks))
+    for part in _chunks(len(examples), cfg.teachers.eval_batch_size):
+        batch = make_batch(model, tokenizer, examples[part], cfg.model, with_prompt=False, task_ids=ids[part]).to(device)
+        logits, labels, at = model.label_logits(batch.input_ids, batch.attention_mask, batch.labels, weights,
+                                                batch.task_ids if weights is not None else None, fuse=False)
+        per_example = per_task_loss(logits, labels, at, torch.arange(len(batch.task_ids), device=device),
+                                    len(batch.task_ids)).cpu()
+        sums.index_add_(0, batch.task_ids.cpu(), per_example)
+        counts.index_add_(0, batch.task_ids.cpu(), torch.ones_like(per_example))
+    losses = sums / counts.clamp(min=1.0)
     return {t.name: float(losses[i]) for i, t in enumerate(tasks)}
 
 
 @torch.no_grad()
 def evaluate_pack(model: TagiModel, tokenizer, cfg: TagiConfig, tasks: Sequence[TaskData], weights: LoraWeights | None
                   ) -> dict[str, dict]:
-    """ROUGE-L / EM on each task's held-back instances, all tasks in one heterogeneous batch."""
+    """ROUGE-L / EM on each task's held-back instances: heterogeneous batches (each row with its
+    own teacher) of `teachers.eval_batch_size` instances."""
     examples = [e for t in tasks for e in t.held_back]
     rows = torch.tensor([i for i, t in enumerate(tasks) for _ in t.held_back], dtype=torch.long)
-    ids, mask = prompt_batch(tokenizer, model.is_encoder_decoder, [e.source for e in examples],
-                             cfg.model.max_source_length)
     device = next(model.parameters()).device
-    ids, mask, rows = ids.to(device), mask.to(device), rows.to(device)
-    tokens = model.generate(ids, mask, weights, rows if weights is not None else None, None,
-                            cfg.model.max_target_length, fuse=False)
-    preds = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    preds: list[str] = []
+    for part in _chunks(len(examples), cfg.teachers.eval_batch_size):
+        ids, mask = prompt_batch(tokenizer, model.is_encoder_decoder, [e.source for e in examples[part]],
+                                 cfg.model.max_source_length)
+        tokens = model.generate(ids.to(device), mask.to(device), weights,
+                                rows[part].to(device) if weights is not None else None, None,
+                                cfg.model.max_target_length, fuse=False)
+        preds += tokenizer.batch_decode(tokens, skip_special_tokens=True)
     out = {}
     for i, t in enumerate(tasks):
         sel = [j for j, e in enumerate(examples) if e.task == t.name]
@@ -218,8 +237,14 @@ def teacher_worker_loop(config: dict, ctx: WorkerContext) -> None:
                        "held_back_loss": teacher_loss[t.name], "base_held_back_loss": base_loss[t.name],
                        "seconds": result.seconds / len(pack), "worker": rank, "host": socket.gethostname(),
                        "time": time.time(), "rank": cfg.lora.rank}
-                write_teacher(teachers_dir, t.name, weights.select(pack.index(t)).detach().to("cpu"), model.targets,
-                              cfg, model.arch, base_path, row)
+                own = weights.select(pack.index(t)).detach()
+                extra = None
+                if cfg.teachers.logits_topk and cfg.loss.uses_kl:
+                    instances = t.train + t.held_back
+                    topk = compute_topk(model, tokenizer, cfg, instances, own)
+                    extra = partial(save_topk, cfg=cfg, ids=[e.id for e in instances], idx=topk[0], logp=topk[1],
+                                    offsets=topk[2])
+                write_teacher(teachers_dir, t.name, own.to("cpu"), model.targets, cfg, model.arch, base_path, row, extra)
                 done += 1
                 bar.update(1)
                 if 0 <= cfg.teachers.fail_after_tasks <= done:

@@ -1,0 +1,110 @@
+"""Meta-training speed-ups change nothing but speed: label-only logits, instructions encoded
+once (InstructionCache), stored teacher top-k logits (k = vocabulary: the same L_kl), chunked
+teacher evaluation."""
+import pytest
+import torch
+
+from tagi_ray.config import load_config
+from tagi_ray.lora import LoraWeights
+from tagi_ray.models import build_tiny
+from tagi_ray.tagi import TagiModel
+from tagi_ray.training.examples import Example
+from tagi_ray.training.meta import MetaObjective, instruction_cache
+from tagi_ray.training.steps import make_batch
+from tagi_ray.training.teacher_logits import compute_topk, gather_topk, load_topk, save_topk
+from tagi_ray.training.teachers import TaskData, evaluate_pack, held_back_loss
+
+TASKS = {"t0": "Reverse the words of the sentence.", "t1": "Return the last word.", "t2": "Spell it out."}
+INPUTS = ["the quick brown fox", "hello there", "jumps over the lazy dog", "abc def", "one two three"]
+
+
+def examples() -> list[Example]:
+    out = []
+    for t, instruction in TASKS.items():
+        for i, text in enumerate(INPUTS):
+            out.append(Example(task=t, category="c", id=f"{t}-{i}", instruction=instruction,
+                               source=f"Input: {text}\nOutput: ", target=" ".join(text.split()[::-1]),
+                               outputs=(text,)))
+    return out
+
+
+def setup(arch: str, **overrides):
+    sets = [f"{k}={v}" for k, v in overrides.items()]
+    cfg = load_config(overrides=["model.max_target_length=16", "model.max_source_length=32", *sets])
+    torch.manual_seed(0)
+    bundle = build_tiny(cfg.model, arch)
+    model = TagiModel(bundle, cfg.lora, cfg.hypernet, cfg.instruction).double().eval()
+    with torch.no_grad():  # a hypernetwork whose adapters move the logits
+        for p in model.hypernet.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    g = torch.Generator().manual_seed(1)
+    teachers = LoraWeights({t.name: torch.randn(3, model.lora.rank, t.in_features, generator=g).double() * 0.3
+                            for t in model.targets},
+                           {t.name: torch.randn(3, t.out_features, model.lora.rank, generator=g).double() * 0.3
+                            for t in model.targets})
+    return cfg, model, bundle.tokenizer, teachers
+
+
+@pytest.mark.parametrize("arch", ["t5", "llama"])
+def test_label_logits_are_forward_at_the_scored_positions(arch):
+    cfg, model, tok, teachers = setup(arch)
+    batch = make_batch(model, tok, examples()[:6], cfg.model, with_prompt=False, task_ids=[0, 0, 1, 1, 2, 2])
+    with torch.no_grad():
+        full, labels = model(batch.input_ids, batch.attention_mask, batch.labels, teachers, batch.task_ids, fuse=False)
+        logits, kept, rows = model.label_logits(batch.input_ids, batch.attention_mask, batch.labels, teachers,
+                                                batch.task_ids, fuse=False)
+    torch.testing.assert_close(logits, full[labels != -100])
+    assert torch.equal(kept, labels[labels != -100]) and torch.equal(rows, (labels != -100).nonzero()[:, 0])
+
+
+@pytest.mark.parametrize("arch", ["t5", "llama"])
+def test_cached_instructions_and_stored_teacher_logits_give_the_live_loss(arch, tmp_path):
+    cfg, model, tok, teachers = setup(arch, **{"loss.lambda_ins": 0.5})
+    cfg.teachers.logits_topk = model.base.config.vocab_size  # k = vocabulary: nothing dropped
+    rows = {t: i for i, t in enumerate(TASKS)}
+    data = examples()
+    for t, i in rows.items():  # store each teacher's distributions, read them back
+        mine = [e for e in data if e.task == t]
+        (tmp_path / t).mkdir()
+        save_topk(tmp_path / t, cfg, [e.id for e in mine], *compute_topk(model, tok, cfg, mine, teachers.select([i])))
+    store = load_topk(tmp_path, list(TASKS), cfg)
+    live = MetaObjective(model, tok, cfg, cfg.loss, teachers, rows)
+    fast = MetaObjective(model, tok, cfg, cfg.loss, teachers, rows, instruction_cache(model, tok, cfg), store)
+    batch = [data[i] for i in (0, 7, 3, 12, 5, 6)]  # mixed tasks, instruction rows out of order
+    with torch.no_grad():
+        a, b = live(batch), fast(batch)
+        b2 = fast(batch)  # second time: every instruction from the cache
+    assert fast.instructions.misses == 3 and fast.instructions.hits == 3  # per distinct instruction of a batch
+    for key in ("loss", "loss_ce", "loss_kl", "loss_ins"):
+        assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5, abs=1e-9), key  # float32 KL sums
+        assert float(b[key]) == pytest.approx(float(b2[key]), rel=1e-9), key
+    assert a["loss_kl"] > 1e-3  # the teachers differ from the students: the comparison means something
+
+
+def test_stored_logits_are_used_only_when_they_match_the_run(tmp_path):
+    cfg, model, tok, teachers = setup("llama")
+    data = [e for e in examples() if e.task == "t0"]
+    (tmp_path / "t0").mkdir()
+    full_k = model.base.config.vocab_size
+    cfg.teachers.logits_topk = 8
+    save_topk(tmp_path / "t0", cfg, [e.id for e in data], *compute_topk(model, tok, cfg, data, teachers.select([0])))
+    assert load_topk(tmp_path, ["t0"], cfg)["t0-1"][0].shape[1] == 8
+    assert load_topk(tmp_path, ["t0", "t1"], cfg) is None  # a teacher without a file: live teachers
+    cfg.loss.temperature = 3.0
+    assert load_topk(tmp_path, ["t0"], cfg) is None  # stored at another temperature
+    cfg.loss.temperature, cfg.teachers.logits_topk = 2.0, full_k
+    assert load_topk(tmp_path, ["t0"], cfg) is None  # stored with another k
+    with pytest.raises(KeyError, match="t1-0"):
+        gather_topk({}, [examples()[5]])
+
+
+def test_chunked_teacher_evaluation_equals_one_batch():
+    cfg, model, tok, teachers = setup("llama")
+    data = examples()
+    tasks = [TaskData(t, [], [e for e in data if e.task == t]) for t in TASKS]
+    cfg.teachers.eval_batch_size = 1000
+    whole = evaluate_pack(model, tok, cfg, tasks, teachers), held_back_loss(model, tok, cfg, tasks, teachers)
+    cfg.teachers.eval_batch_size = 4  # chunks cut across tasks
+    chunked = evaluate_pack(model, tok, cfg, tasks, teachers), held_back_loss(model, tok, cfg, tasks, teachers)
+    assert whole[0] == chunked[0]
+    assert whole[1] == pytest.approx(chunked[1], rel=1e-9)
