@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shapes import summary  # noqa: E402  (also keeps freed blocks in the process: steady timing)
 
 from tagi_ray.config import load_config
 from tagi_ray.data.prompts import parse_prompt_format
@@ -123,11 +127,12 @@ def main() -> None:
               f"{size / 2**20:.1f} MiB)"]
 
     # 3. teacher evaluation: one batch vs chunks
-    packs = [TaskData(t, [], [e for e in data if e.task == t][:cfg.teachers.held_back]) for t in tasks[:4]]
+    packs = [TaskData(t, [], [e for e in data if e.task == t][:cfg.teachers.held_back]) for t in tasks]
     n = sum(len(t.held_back) for t in packs)
     sub = bank.select(list(range(len(packs))))
+    chunk = min(16, cfg.teachers.eval_batch_size)
     with torch.no_grad():
-        for size_ in (n, cfg.teachers.eval_batch_size):
+        for size_ in (n, chunk):
             cfg.teachers.eval_batch_size = size_
             t0 = time.perf_counter()
             evaluate_pack(model, tok, cfg, packs, sub)
@@ -137,11 +142,12 @@ def main() -> None:
     every = make_batch(model, tok, [e for t in packs for e in t.held_back], cfg.model, with_prompt=False)
     vocab = model.base.config.vocab_size
     scored = int((every.labels != -100).sum())
-    chunk = min(n, cfg.teachers.eval_batch_size)
     lines.append(f"largest logits tensor of the held-back loss: one batch over every position "
                  f"{every.input_ids.numel() * vocab * 4 / 2**20:.0f} MiB -> chunks of {chunk}, scored positions only "
                  f"{scored * chunk / n * vocab * 4 / 2**20:.0f} MiB")
     print("\n".join(lines))
+    summary("meta_speedups", t_live / t_topk, "meta step faster with both caches (no goal set)", t_topk < t_live,
+            head_ratio=round(t_full / t_label, 3), instruction_cache_ratio=round(t_live / t_cached, 3))
 
 
 if __name__ == "__main__":
