@@ -2,8 +2,9 @@
 
 A training task's instruction (its Definition, + k examples) is the same at every meta step,
 and the model that encodes it (the frozen base, or `instruction.encoder: tk_instruct`) does not
-change, so its states, pooled vector and fusion key/values are computed the first time a batch
-needs them and reused afterwards. Each entry is stored without padding; a batch's rows are
+change, so its states, pooled vector and fusion key/values are computed once and reused.
+Meta-training encodes every instruction of the run up front, on every rank in the same order
+(under ZeRO-3 a forward of the base is collective); `encode` also fills in any it has not seen. Each entry is stored without padding; a batch's rows are
 right-padded again by `Instruction.cat` (what a fresh encoding of the batch would give: the
 padding is masked, and causal prefixes are right-padded anyway). Not for runs that train the
 encoder's layer norms (`train.train_layer_norms` with the base as encoder): there the encoding

@@ -186,15 +186,19 @@ def meta_worker_loop(config: dict, ctx: WorkerContext) -> None:
         if topk is None and rank == 0:
             print(f"L_kl: teachers run live (no stored top-{cfg.teachers.logits_topk} logits at temperature "
                   f"{cfg.loss.temperature} for every teacher)")
-    objective = MetaObjective(model, bundle.tokenizer, cfg, loss_cfg, teacher, rows,
-                              instruction_cache(model, bundle.tokenizer, cfg) if stage == "meta" else None, topk)
+    num_pos = parse_prompt_format(cfg.data.prompt)
+    cache = instruction_cache(model, bundle.tokenizer, cfg) if stage == "meta" else None
+    if cache is not None:  # every instruction of every rank's rows, in the same order on every rank: under
+        # ZeRO-3 the base's forward is collective, so no rank may encode what another does not
+        tables = [config["data"]] + ([config["val_data"]] if config.get("val_data") is not None else [])
+        cache.encode(sorted({e.instruction for t in tables for e in table_examples(t, num_pos)}))
+    objective = MetaObjective(model, bundle.tokenizer, cfg, loss_cfg, teacher, rows, cache, topk)
     engine, _, _, _ = deepspeed.initialize(
         model=objective, model_parameters=params, config=ds_config(cfg, total, on_gpu),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: linear_schedule(s, total, cfg.train.warmup_steps)))
 
     start, restored = _restore(engine, ctx)
-    num_pos = parse_prompt_format(cfg.data.prompt)
     stream = example_stream(worker_shard(config["data"], rank, world), stage, cfg.train.batch_size, num_pos,
                             cfg.train.seed + 7919 * rank + start)
     log = Path(config["log_dir"]) / STEPS_LOG

@@ -43,8 +43,8 @@ def tagi_step(model: TagiModel, batch: Batch, loss_cfg: LossConfig, teacher: Lor
     """TAGI loss for a batch. `teacher`: the teacher bank, rows indexed by `batch.task_ids`.
     `instr`: the batch's instructions already encoded (rows indexed by `batch.index`; e.g. from
     an InstructionCache), else they are encoded here. `teacher_topk`: the teachers' stored
-    distributions on the batch's scored tokens (then no teacher forward for L_kl). With L_ce and L_kl off (an L_ins-only
-    objective) the model's forward is skipped."""
+    distributions on the batch's scored tokens (then no teacher forward for L_kl). With L_ce and
+    L_kl off (an L_ins-only objective) the model's forward is skipped."""
     if instr is None:
         with torch.no_grad():  # the base is frozen: instruction states need no graph
             instr = model.encode_instruction(batch.instr_ids, batch.instr_mask)
