@@ -12,11 +12,12 @@ operations that no training task composes. `test_builtin.py` checks this.
 """
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from tagi_ray.data.sni import write_sni_layout
 
 WORDS = (
     "apple banana river stone light cloud music paper garden window bread candle forest "
@@ -260,13 +261,4 @@ def build_suite(seed: int = 0, n_instances: int = 64) -> dict[str, dict[str, dic
 
 def write_suite(out_dir: str | Path, seed: int = 0, n_instances: int = 64) -> Path:
     """Write the suite in the SNI layout: tasks/*.json, train_tasks.txt, test_tasks.txt."""
-    out = Path(out_dir)
-    (out / "tasks").mkdir(parents=True, exist_ok=True)
-    suite = build_suite(seed, n_instances)
-    for split, tasks in suite.items():
-        for name, task in tasks.items():
-            tmp = out / "tasks" / f".{name}.json.tmp"
-            tmp.write_text(json.dumps(task, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-            tmp.replace(out / "tasks" / f"{name}.json")
-        (out / f"{split}_tasks.txt").write_text("".join(f"{n}\n" for n in tasks), encoding="utf-8")
-    return out
+    return write_sni_layout(build_suite(seed, n_instances), out_dir)

@@ -11,10 +11,11 @@ Super-NaturalInstructions layout (`write_lexicon`), read by the SNI loader like 
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+
+from tagi_ray.data.sni import write_sni_layout
 
 # category -> (how the instruction names it, words). Words are common, unambiguous, one per
 # category (no "orange", "cricket", "tomato").
@@ -159,12 +160,4 @@ def build_lexicon(seed: int = 0, n_instances: int = 64) -> dict[str, dict[str, d
 
 def write_lexicon(out_dir: str | Path, seed: int = 0, n_instances: int = 64) -> Path:
     """Write the suite in the SNI layout: tasks/*.json, train_tasks.txt, test_tasks.txt."""
-    out = Path(out_dir)
-    (out / "tasks").mkdir(parents=True, exist_ok=True)
-    for split, tasks in build_lexicon(seed, n_instances).items():
-        for name, task in tasks.items():
-            tmp = out / "tasks" / f".{name}.json.tmp"
-            tmp.write_text(json.dumps(task, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-            tmp.replace(out / "tasks" / f"{name}.json")
-        (out / f"{split}_tasks.txt").write_text("".join(f"{n}\n" for n in tasks), encoding="utf-8")
-    return out
+    return write_sni_layout(build_lexicon(seed, n_instances), out_dir)

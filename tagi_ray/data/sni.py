@@ -197,3 +197,17 @@ def load_split(root: str | Path, split: str, max_instances: int | None = None, s
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return load_tasks(root, read_split_names(root, split), split, max_instances, seed)
+
+
+def write_sni_layout(suite: dict[str, dict[str, dict]], out_dir: str | Path) -> Path:
+    """Write generated tasks ({split: {name: task_json}}) in the SNI layout: tasks/*.json (each
+    written to a temp name and renamed) and <split>_tasks.txt."""
+    out = Path(out_dir)
+    (out / "tasks").mkdir(parents=True, exist_ok=True)
+    for split, tasks in suite.items():
+        for name, task in tasks.items():
+            tmp = out / "tasks" / f".{name}.json.tmp"
+            tmp.write_text(json.dumps(task, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            tmp.replace(out / "tasks" / f"{name}.json")
+        (out / f"{split}_tasks.txt").write_text("".join(f"{n}\n" for n in tasks), encoding="utf-8")
+    return out

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from tagi_ray.config import TagiConfig
 from tagi_ray.losses import TeacherTopK
@@ -73,8 +74,6 @@ def load_topk(teachers_dir: Path, tasks: Sequence[str], cfg: TagiConfig
               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
     """instance id -> (idx, logp) for every instance of `tasks`, or None unless every task has a
     file that matches this run (then L_kl runs the teachers live)."""
-    from safetensors import safe_open
-
     want = cache_key(cfg)
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for task in tasks:
@@ -83,9 +82,9 @@ def load_topk(teachers_dir: Path, tasks: Sequence[str], cfg: TagiConfig
             return None
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
-        if any(meta.get(key) != value for key, value in want.items()):
-            return None
-        tensors = load_file(str(path))
+            if any(meta.get(key) != value for key, value in want.items()):
+                return None
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
         offsets = tensors["offsets"].tolist()
         for i, ex_id in enumerate(json.loads(meta["ids"])):
             rows = slice(offsets[i], offsets[i + 1])

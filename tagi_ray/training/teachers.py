@@ -65,14 +65,18 @@ def split_task_examples(examples: Sequence[Example], held_back: int, seed: int) 
 
 
 # ---- training a pack ------------------------------------------------------------------------
+def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Mean token CE per example: (n,). `logits`, `labels`, `rows`: the scored tokens and their
+    example (`TagiModel.label_logits`)."""
+    tok = F.cross_entropy(logits.float(), labels, reduction="none")
+    sums = torch.zeros(n, device=labels.device).index_add_(0, rows, tok)
+    return sums / torch.zeros(n, device=labels.device).index_add_(0, rows, torch.ones_like(tok)).clamp(min=1.0)
+
+
 def per_task_loss(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, task_ids: torch.Tensor, k: int
                   ) -> torch.Tensor:
-    """Mean token CE per bank row: (k,) (rows without examples get 0). `logits`, `labels`, `rows`:
-    the scored tokens and their example (`TagiModel.label_logits`); `task_ids`: bank row per example."""
-    tok = F.cross_entropy(logits.float(), labels, reduction="none")
-    n = task_ids.shape[0]
-    sums = torch.zeros(n, device=labels.device).index_add_(0, rows, tok)
-    per_example = sums / torch.zeros(n, device=labels.device).index_add_(0, rows, torch.ones_like(tok)).clamp(min=1.0)
+    """Mean token CE per bank row: (k,) (rows without examples get 0); `task_ids`: bank row per example."""
+    per_example = per_example_loss(logits, labels, rows, task_ids.shape[0])
     sums = torch.zeros(k, device=labels.device).index_add_(0, task_ids, per_example)
     counts = torch.zeros(k, device=labels.device).index_add_(0, task_ids, torch.ones_like(per_example))
     return sums / counts.clamp(min=1.0)
@@ -148,8 +152,7 @@ def held_back_loss(model: TagiModel, tokenizer, cfg: TagiConfig, tasks: Sequence
         batch = make_batch(model, tokenizer, examples[part], cfg.model, with_prompt=False, task_ids=ids[part]).to(device)
         logits, labels, at = model.label_logits(batch.input_ids, batch.attention_mask, batch.labels, weights,
                                                 batch.task_ids if weights is not None else None, fuse=False)
-        per_example = per_task_loss(logits, labels, at, torch.arange(len(batch.task_ids), device=device),
-                                    len(batch.task_ids)).cpu()
+        per_example = per_example_loss(logits, labels, at, len(batch.task_ids)).cpu()
         sums.index_add_(0, batch.task_ids.cpu(), per_example)
         counts.index_add_(0, batch.task_ids.cpu(), torch.ones_like(per_example))
     losses = sums / counts.clamp(min=1.0)
