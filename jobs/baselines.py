@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable
 
 from tagi_ray.config import TagiConfig
+from tagi_ray.data.tables import without_tasks
 from tagi_ray.jobs.job_args import job_config, job_parser
 from tagi_ray.run_dir import RunDir
 from tagi_ray.stages import ensure_base, ensure_data, record_config
@@ -19,8 +21,10 @@ from tagi_ray.training.baselines import BaselinePaths, baseline_jobs, baseline_w
 from tagi_ray.training.worker import default_device, run_in_process
 
 
-def run_baselines(cfg: TagiConfig, run: RunDir, formats: dict[str, int], on_ray: bool = True) -> list[list]:
-    """Train the missing baselines for `formats` ({name: k positive examples}); returns the jobs run."""
+def run_baselines(cfg: TagiConfig, run: RunDir, formats: dict[str, int], on_ray: bool = True,
+                  exclude_tasks: Iterable[str] = ()) -> list[list]:
+    """Train the missing baselines for `formats` ({name: k positive examples}); returns the jobs
+    run. `exclude_tasks` (validation tasks) are left out of their training data, as out of TAGI's."""
     table = ensure_data(cfg, run)
     base = ensure_base(cfg, run, table)
     jobs = baseline_jobs(cfg, table, BaselinePaths(run.baselines), formats)
@@ -28,7 +32,7 @@ def run_baselines(cfg: TagiConfig, run: RunDir, formats: dict[str, int], on_ray:
     print(f"baselines: to train: {[j for j in jobs if j[0] != 'oracle']} and {len(oracle)} oracle folds", flush=True)
     if not jobs:
         return jobs
-    config = {"cfg": cfg.to_dict(), "table": table, "base": str(base), "out": str(run.baselines),
+    config = {"cfg": cfg.to_dict(), "table": without_tasks(table, exclude_tasks), "base": str(base), "out": str(run.baselines),
               "formats": formats, "jobs": jobs}
     if on_ray:
         from tagi_ray.edge.cluster import connect, storage_path

@@ -95,7 +95,8 @@ def run_evaluation(cfg: TagiConfig, run: RunDir, checkpoint: Path | None = None)
     table = ensure_data(cfg, run)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"prompt": ckpt_cfg.data.prompt})})
     methods = {fmt: baseline_methods(run, fmt) + [Method("tagi", "tagi", checkpoint)]}
-    results, records = evaluate(cfg, table, methods, run.base, default_device(cfg.ray.use_gpu))
+    results, records = evaluate(cfg, table, methods, run.base, default_device(cfg.ray.use_gpu),
+                                cache_dir=run.root / "eval_cache")
     report = write_report(run, results, records)
     print("\n" + methods_table(results, ORDER))
     print(f"\nreport -> {report}")

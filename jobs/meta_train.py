@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from tagi_ray.checkpoint import HYPERNET_FILE
 from tagi_ray.config import TagiConfig
 from tagi_ray.data.prompts import format_name, parse_prompt_format
-from tagi_ray.data.tables import select_split, shuffle_rows
+from tagi_ray.data.tables import select_split, shuffle_rows, without_tasks
 from tagi_ray.jobs.job_args import job_config, job_parser
 from tagi_ray.run_dir import RunDir
 from tagi_ray.stages import ensure_base, ensure_data, record_config
@@ -50,13 +50,6 @@ def meta_training_tasks(cfg: TagiConfig, table: pa.Table, run: RunDir, exclude: 
             print(f"meta-train: {len(missing)} training tasks have no teacher and are left out: {missing[:5]}...")
         names &= done
     return train.filter(pc.is_in(train.column("task"), value_set=pa.array(sorted(names), pa.string())))
-
-
-def _without_tasks(table: pa.Table, tasks: set[str]) -> pa.Table:
-    """`table` minus the rows of `tasks` (validation tasks stay unseen in both stages)."""
-    if not tasks:
-        return table
-    return table.filter(pc.invert(pc.is_in(table.column("task"), value_set=pa.array(sorted(tasks), pa.string()))))
 
 
 def instruction_encoder(cfg: TagiConfig, run: RunDir) -> str | None:
@@ -119,7 +112,7 @@ def run_meta_training(cfg: TagiConfig, run: RunDir, exclude_tasks: set[str] = fr
     stage1 = None
     if cfg.train.pretrain_steps:  # the input standardisation is fitted here, on both stages' instructions
         texts = texts_from_corpus(cfg.train.pretrain_corpus) if cfg.train.pretrain_corpus \
-            else texts_from_table(_without_tasks(table, exclude_tasks))
+            else texts_from_table(without_tasks(table, exclude_tasks))
         fragments = [e.instruction for e in split_texts(rng.sample(texts, min(512, len(texts))), rng)]
         stage1 = _fit_stage(cfg, run, "pretrain", base, pa.table({"text": texts}), fragments + instructions, None,
                             [], name, on_ray=on_ray)

@@ -17,6 +17,9 @@ method is a paired difference on the same instances.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -198,23 +201,68 @@ def scored_examples(table: pa.Table, num_pos: int) -> list[Example]:
     return table_examples(select_split(table, "test"), num_pos)
 
 
+# what each kind of method reads of an instance (base and oracle: the same in every format)
+READS = {"base": ("source",), "oracle": ("source",), "tagi": ("instruction", "source")}
+
+
+def _fingerprint(cfg: TagiConfig, method: Method, examples: Sequence[Example]) -> str:
+    """What a method's predictions depend on: its kind and weights (path, size and mtime of
+    every file), the text it reads of each instance, and the decoding lengths."""
+    files = []
+    if method.path is not None and method.path.exists():
+        paths = [method.path] if method.path.is_file() else sorted(p for p in method.path.rglob("*") if p.is_file())
+        files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    m = cfg.model
+    fields = READS.get(method.kind, ("prompt",))
+    key = [method.kind, str(method.path), files, [[e.task, e.id] + [getattr(e, f) for f in fields] for e in examples],
+           m.max_source_length, m.max_instruction_length, m.max_target_length]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()
+
+
+def cached_predict(predictor: Predictor, method: Method, examples: Sequence[Example],
+                   cache_dir: Path | None) -> tuple[list[str], float]:
+    """A method's predictions and the seconds they took, read from `cache_dir` when it holds them
+    for the same fingerprint (one JSON file per fingerprint: a format-independent method is
+    predicted once for both formats); otherwise computed and written there. An interrupted
+    evaluation thus resumes at the first method it had not finished."""
+    key = _fingerprint(predictor.cfg, method, examples)
+    cache = cache_dir / f"{method.name}-{key[:20]}.json" if cache_dir is not None else None
+    if cache is not None and cache.is_file():
+        stored = json.loads(cache.read_text())
+        return stored["predictions"], stored["seconds"]
+    start = time.time()
+    with torch.no_grad():
+        predictions = predictor.predict(method, examples)
+    seconds = round(time.time() - start, 1)
+    if cache is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"method": method.name, "kind": method.kind, "seconds": seconds,
+                                   "predictions": predictions}))
+        tmp.replace(cache)
+    return predictions, seconds
+
+
 def evaluate(cfg: TagiConfig, table: pa.Table, methods: dict[str, list[Method]], base_dir: Path,
-             device: torch.device, batch_size: int = 32, n_boot: int = 1000) -> tuple[dict, list[dict]]:
+             device: torch.device, batch_size: int = 32, n_boot: int = 1000,
+             cache_dir: Path | None = None) -> tuple[dict, list[dict]]:
     """Evaluate `methods[format]` in each format. Returns (results, records): results =
     {"protocol", "formats": {format: {method: summary (+ "tagi_minus", the paired difference, when a
-    tagi row exists)}}};
-    records = one dict per (format, method, instance)."""
+    tagi row exists; "seconds", the prediction time)}}};
+    records = one dict per (format, method, instance). `cache_dir`: each method's predictions are
+    kept there and reused while nothing they depend on changed (`cached_predict`)."""
     predictor = Predictor(cfg, base_dir, device, batch_size)
     results: dict = {"protocol": PROTOCOL, "formats": {}}
     all_records: list[dict] = []
     for fmt, rows in methods.items():
         examples = scored_examples(table, parse_prompt_format(fmt))
         scored: dict[str, list[dict]] = {}
+        seconds: dict[str, float] = {}
         for method in tqdm(rows, desc=f"eval {fmt}", dynamic_ncols=True):
-            with torch.no_grad():
-                scored[method.name] = score(examples, predictor.predict(method, examples))
+            predictions, seconds[method.name] = cached_predict(predictor, method, examples, cache_dir)
+            scored[method.name] = score(examples, predictions)
             all_records += [{"format": fmt, "method": method.name, **r} for r in scored[method.name]]
-        summaries = {name: summarize(recs, n_boot) for name, recs in scored.items()}
+        summaries = {name: {**summarize(recs, n_boot), "seconds": seconds[name]} for name, recs in scored.items()}
         if "tagi" in scored:
             for name, recs in scored.items():
                 if name != "tagi":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import string
+from dataclasses import replace
 
 import pytest
 from rouge_score import rouge_scorer
@@ -89,3 +90,34 @@ def test_every_ablation_differs_from_tagi_by_exactly_its_switch():
         seen.add(json.dumps(diff, sort_keys=True))
     assert len(seen) == len(VARIANTS)  # all distinct
     assert variant_config(base, "tagi", "def+2pos").data.prompt == "def+2pos"
+
+
+def test_an_interrupted_evaluation_resumes_from_each_methods_cached_predictions(tmp_path):
+    """`cached_predict`: a method's predictions are computed once and reused while its weights,
+    the instances and the decoding lengths are unchanged; a changed checkpoint is scored again."""
+    from tagi_ray.evaluation import cached_predict
+    from tagi_ray.training.examples import Example
+
+    class CountingPredictor:  # the cache's only contract with Predictor: .cfg and .predict
+        cfg, calls = load_config(), 0
+
+        def predict(self, method, examples):
+            self.calls += 1
+            return [f"{e.id}:{self.calls}" for e in examples]
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "hypernet.safetensors").write_bytes(b"v1")
+    ex = [Example("t", "c", str(i), "Define.", f"in {i}", "x", ("x",)) for i in range(3)]
+    method, cache, predictor = Method("tagi", "tagi", ckpt), tmp_path / "cache", CountingPredictor()
+    first, _ = cached_predict(predictor, method, ex, cache)
+    again, _ = cached_predict(predictor, method, ex, cache)
+    assert again == first == ["0:1", "1:1", "2:1"] and predictor.calls == 1 and len(list(cache.iterdir())) == 1
+    assert cached_predict(predictor, method, ex[:2], cache)[0] == ["0:2", "1:2"]  # other instances
+    (ckpt / "hypernet.safetensors").write_bytes(b"v2, retrained")
+    assert cached_predict(predictor, method, ex[:2], cache)[0] == ["0:3", "1:3"]  # other weights
+    base = Method("base", "base")
+    assert cached_predict(predictor, base, ex[:2], cache)[0] == ["0:4", "1:4"]
+    other_format = [replace(e, instruction="Define. Positive example 1 ...") for e in ex[:2]]
+    assert cached_predict(predictor, base, other_format, cache)[0] == ["0:4", "1:4"]  # reads no instruction
+    assert cached_predict(predictor, method, other_format, cache)[0] == ["0:5", "1:5"]  # reads it

@@ -146,10 +146,12 @@ def test_shipped_spaces_load():
 
 def test_experiment_grid_retrains_every_ablation_as_its_own_run(ray_cluster, warm_run, tmp_path):
     """`tagi experiment`'s Ray Tune grid: each variant is a full meta-training run of its own,
-    with its switch in its recorded config; a resubmission trains nothing again."""
+    with its switch in its recorded config, trained without the validation tasks and reporting
+    val_loss on them; a resubmission trains nothing again."""
     from safetensors.torch import load_file
 
-    from tagi_ray.tune.experiment import run_grid, variant_dir
+    from tagi_ray.data.tables import read_table
+    from tagi_ray.tune.experiment import experiment_val_tasks, run_grid, val_loss_table, variant_dir
 
     run = run_with_shared_base(warm_run, tmp_path / "run")
     variants = ["tagi_no_fusion", "tagi_no_hypernet"]  # every switch's config: test_evaluation.py
@@ -157,7 +159,10 @@ def test_experiment_grid_retrains_every_ablation_as_its_own_run(ray_cluster, war
                            loss={"lambda_kl": 0.0, "lambda_ins": 0.0},
                            experiment={"variants": variants, "formats": ["def"]},
                            tune={"max_concurrent_trials": 2, "workers_per_trial": 1, "cpus_per_worker": 0.9})
-    run_grid(cfg, run)
+    val_tasks = experiment_val_tasks(cfg, read_table(run.table))
+    assert val_tasks and experiment_val_tasks(cfg.model_copy(update={"data": cfg.data.model_copy(
+        update={"val_fraction": 0.0})}), read_table(run.table)) == []
+    run_grid(cfg, run, val_tasks)
     trained = {v: variant_dir(run, v, "def") for v in variants}
     configs = {v: load_config(d / "config.yaml") for v, d in trained.items()}
     assert all(c.data.prompt == "def" for c in configs.values())
@@ -168,6 +173,9 @@ def test_experiment_grid_retrains_every_ablation_as_its_own_run(ray_cluster, war
     assert any(k.startswith("heads.") for k in weights["tagi_no_fusion"])
     steps = [json.loads(x) for x in (trained["tagi_no_hypernet"] / "meta" / "meta_log" / STEPS_LOG).read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2]  # its own meta-training run
+    assert "val_loss" in steps[-1] and steps[-1]["val_loss"] > 0  # on the tasks left out
+    table = val_loss_table(cfg, run)
+    assert "| 2 |" in table[-1] and "def tagi_no_fusion" in table[-3]
     stamps = {v: (d / "hypernet" / "hypernet.safetensors").stat().st_mtime_ns for v, d in trained.items()}
-    run_grid(cfg, run)  # resubmitted: every variant is complete, nothing retrains
+    run_grid(cfg, run, val_tasks)  # resubmitted: every variant is complete, nothing retrains
     assert {v: (d / "hypernet" / "hypernet.safetensors").stat().st_mtime_ns for v, d in trained.items()} == stamps

@@ -5,12 +5,15 @@ per prompt format (Def, Def+2Pos), with 95% CIs.
     tagi experiment --config configs/tiny.yaml
 
 Stages, each skipped when complete (resubmit the same command to resume): data, base, teachers
-(shared by every variant), baselines (`jobs/baselines.py`), then one Ray Tune grid over
-`experiment.variants` x `experiment.formats` — every trial a full meta-training run (both
-stages, its own TorchTrainer) that differs from `tagi` by one switch (`VARIANTS`) and is trained
-in its format — and finally one evaluation of every row in both formats. Outputs:
-`<out>/experiment/`: `<format>/<variant>/` trial runs, `metrics.json`, `predictions.jsonl`,
-`report.md` (rows methods, columns formats: the layout of the paper's Tables 2 and 4).
+(shared by every variant), one Ray Tune grid over `experiment.variants` x `experiment.formats` —
+every trial a full meta-training run (both stages, its own TorchTrainer, resumed from its last
+checkpoint) that differs from `tagi` by one switch (`VARIANTS`) and is trained in its format —
+then the baselines (`jobs/baselines.py`), and finally one evaluation of every row in both formats
+(each method's predictions cached, so an interrupted evaluation resumes). Validation tasks
+(`data.val_fraction` of the training tasks, or `tune.val_tasks`) are left out of every trained
+row; TAGI runs report `val_loss` on them at every checkpoint. Outputs: `<out>/experiment/`:
+`<format>/<variant>/` trial runs, `metrics.json`, `predictions.jsonl`, `report.md` (rows
+methods, columns formats: the layout of the paper's Tables 2 and 4; validation-loss curves).
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from tagi_ray.config import TagiConfig
+from tagi_ray.data.tables import read_table
+from tagi_ray.data.validation import validation_rows, validation_tasks
 from tagi_ray.edge.cluster import connect, storage_path
 from tagi_ray.evaluation import Method, evaluate
 from tagi_ray.jobs.baselines import run_baselines
@@ -31,6 +36,7 @@ from tagi_ray.report import methods_table
 from tagi_ray.run_dir import RunDir
 from tagi_ray.stages import ensure_base, ensure_data, record_config
 from tagi_ray.training.baselines import format_dir
+from tagi_ray.training.meta import STEPS_LOG
 from tagi_ray.training.worker import default_device
 from tagi_ray.tune.sweep import check_cluster
 from tagi_ray.tune.trial import trial_config, trial_run
@@ -65,10 +71,39 @@ def experiment_trial(params: dict[str, Any], setup: dict) -> None:
     run = trial_run(variant_dir(main, params["variant"], params["format"]), main,
                     main.teachers if cfg.loss.uses_teachers else None)
     record_config(cfg, run)
-    run_meta_training(cfg, run, name=f"exp-{format_dir(params['format'])}-{params['variant']}")
+    val_tasks = setup["val_tasks"]
+    val = validation_rows(read_table(run.table), val_tasks, cfg.tune.val_instances) if val_tasks else None
+    run_meta_training(cfg, run, exclude_tasks=set(val_tasks), val_data=val,
+                      name=f"exp-{format_dir(params['format'])}-{params['variant']}")
 
 
-def run_grid(cfg: TagiConfig, run: RunDir) -> None:
+def experiment_val_tasks(cfg: TagiConfig, table) -> list[str]:
+    """The training tasks split off for validation ([] when data.val_fraction is 0 and no
+    tune.val_tasks are named); never test tasks."""
+    if not cfg.data.val_fraction and not cfg.tune.val_tasks:
+        return []
+    return validation_tasks(table, cfg.data.val_fraction, cfg.data.seed, cfg.tune.val_tasks)
+
+
+def val_loss_table(cfg: TagiConfig, run: RunDir) -> list[str]:
+    """Markdown: validation loss (L_ce of the generated adapters on the validation tasks) at every
+    checkpoint of each TAGI run, one column per run."""
+    curves: dict[str, dict[int, float]] = {}
+    for fmt in cfg.experiment.formats:
+        for v in cfg.experiment.variants:
+            log = variant_dir(run, v, fmt) / "meta" / "meta_log" / STEPS_LOG
+            if log.is_file():
+                records = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+                curves[f"{fmt} {v}"] = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
+    steps = sorted({s for c in curves.values() for s in c})
+    if not steps:
+        return []
+    lines = ["| meta step | " + " | ".join(curves) + " |", "|---" * (len(curves) + 1) + "|"]
+    lines += [f"| {s} | " + " | ".join(f"{c[s]:.3f}" if s in c else "" for c in curves.values()) + " |" for s in steps]
+    return ["", "## Validation loss during meta-training (L_ce on the validation tasks)", "", *lines]
+
+
+def run_grid(cfg: TagiConfig, run: RunDir, val_tasks: list[str]) -> None:
     """The variants x formats grid as one Ray Tune run (trials skip what is already trained)."""
     from ray import tune
 
@@ -80,7 +115,7 @@ def run_grid(cfg: TagiConfig, run: RunDir) -> None:
         return
     connect(cfg.ray.address)
     check_cluster(cfg)  # a trial that does not fit would wait forever
-    setup = {"cfg": cfg.to_dict(), "run": str(run.root)}
+    setup = {"cfg": cfg.to_dict(), "run": str(run.root), "val_tasks": val_tasks}
     trainable = tune.with_resources(tune.with_parameters(experiment_trial, setup=setup), {"CPU": cfg.tune.driver_cpus})
     grid = {"variant": tune.grid_search(cfg.experiment.variants), "format": tune.grid_search(cfg.experiment.formats)}
     results = tune.Tuner(
@@ -107,23 +142,30 @@ def run_experiment(cfg: TagiConfig, run: RunDir) -> dict:
 
     table = stage("data", lambda: ensure_data(cfg, run))
     stage("base", lambda: ensure_base(cfg, run, table))
+    val_tasks = experiment_val_tasks(cfg, table)
+    (run.root / "experiment").mkdir(parents=True, exist_ok=True)
+    (run.root / "experiment" / "val_tasks.json").write_text(json.dumps(val_tasks, indent=1))
+    print(f"experiment: {len(val_tasks)} validation tasks, left out of training: {val_tasks}", flush=True)
     configs = [variant_config(cfg.to_dict(), v, f) for v in cfg.experiment.variants for f in cfg.experiment.formats]
     if any(c.loss.uses_teachers for c in configs):
         stage("teachers", lambda: run_teachers(cfg, run))
     formats = {f: FORMATS[f] for f in cfg.experiment.formats}
-    stage("baselines", lambda: run_baselines(cfg, run, formats))
-    stage("TAGI variants (Ray Tune grid)", lambda: run_grid(cfg, run))
+    stage("TAGI variants (Ray Tune grid)", lambda: run_grid(cfg, run, val_tasks))
+    stage("baselines", lambda: run_baselines(cfg, run, formats, exclude_tasks=val_tasks))
     methods = {f: baseline_methods(run, f) + [Method(v, "tagi", variant_dir(run, v, f) / "hypernet")
                                                    for v in cfg.experiment.variants]
                for f in cfg.experiment.formats}
     results, records = stage("evaluation", lambda: evaluate(cfg, table, methods, run.base,
-                                                            default_device(cfg.ray.use_gpu)))
+                                                            default_device(cfg.ray.use_gpu),
+                                                            cache_dir=run.root / "experiment" / "predictions_cache"))
     results["timings_s"] = timings
     out = RunDir(run.root / "experiment")
     switches = ", ".join(f"`{v}`: {s or 'full TAGI'}" for v, s in VARIANTS.items() if v in cfg.experiment.variants)
     report = write_report(out, results, records, title="tagi-ray experiment: TAGI, ablations and baselines",
                           preamble=["", f"Variants (each a full meta-training run with one switch): {switches}.",
-                                    f"Stage wall times (s): {json.dumps(timings)}."], source=run)
+                                    f"Validation tasks (left out of every trained row): {val_tasks}.",
+                                    f"Stage wall times of this invocation (s; a stage completed earlier is skipped): "
+                                    f"{json.dumps(timings)}.", *val_loss_table(cfg, run)], source=run)
     print("\n" + methods_table(results, ORDER) + f"\n\nreport -> {report}\nstage seconds: {timings}", flush=True)
     return results
 

@@ -123,3 +123,11 @@ def to_hf_dataset(table: pa.Table):
 def from_hf_dataset(ds) -> pa.Table:
     """The Arrow table behind a `datasets.Dataset` (e.g. after `.filter`/`.select`)."""
     return ds.with_format("arrow")[:]
+
+
+def without_tasks(table: pa.Table, tasks: Iterable[str]) -> pa.Table:
+    """`table` minus the rows of `tasks` (validation tasks stay unseen in training)."""
+    tasks = sorted(set(tasks))
+    if not tasks:
+        return table
+    return table.filter(pc.invert(pc.is_in(table.column("task"), value_set=pa.array(tasks, pa.string()))))
