@@ -77,7 +77,8 @@ def test_teacher_loop_runs_without_ray_reporting_through_its_context(warm_run, t
     """The same worker loop in this process: two ranks of a world of 2, one after the other."""
     from tagi_ray.data.tables import read_table
     from tagi_ray.training.teacher_store import merge_manifest
-    from tagi_ray.training.teachers import teacher_worker_loop
+    from tagi_ray.data.tables import select_split
+    from tagi_ray.training.teachers import plan_packs, task_lengths, teacher_worker_loop
     from tagi_ray.training.worker import WorkerContext
 
     run = run_with_shared_base(warm_run, tmp_path / "run")
@@ -93,4 +94,15 @@ def test_teacher_loop_runs_without_ray_reporting_through_its_context(warm_run, t
         [[(0, 2, 2)], [(0, 2, 2)]]  # one pack of K=2 per rank, reported once
     rows = merge_manifest(run.teachers)
     assert sorted(r["task"] for r in rows) == sorted(tasks)
-    assert {r["task"]: r["worker"] for r in rows} == {t: i % 2 for i, t in enumerate(tasks)}  # round-robin shards
+    plan = plan_packs(tasks, 2, 2, task_lengths(select_split(read_table(run.table), "train")))
+    assert {r["task"]: r["worker"] for r in rows} == {t: w for w, packs in enumerate(plan) for p in packs for t in p}
+
+
+def test_packs_group_tasks_of_similar_length_and_are_dealt_round_robin():
+    """A pack's batches are padded to their longest row: packs hold tasks of similar length."""
+    from tagi_ray.training.teachers import plan_packs
+
+    lengths = {"a": 900, "b": 10, "c": 500, "d": 20, "e": 510, "f": 30, "g": 5}
+    plan = plan_packs(sorted(lengths), 2, 2, lengths)
+    assert plan == [[["g", "b"], ["c", "e"]], [["d", "f"], ["a"]]]
+    assert plan_packs(["c", "a", "b"], 2, 2) == [[["a", "b"]], [["c"]]]  # no lengths: by name

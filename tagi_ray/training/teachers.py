@@ -91,8 +91,9 @@ class PackResult:
 
 
 def train_pack(model: TagiModel, tokenizer, cfg: TagiConfig, tasks: Sequence[TaskData], seed: int,
-               nan_task: str | None = None) -> PackResult:
-    """Train len(tasks) teachers together. `nan_task` (tests) poisons one task's loss with NaN."""
+               nan_task: str | None = None, desc: str | None = None) -> PackResult:
+    """Train len(tasks) teachers together. `nan_task` (tests) poisons one task's loss with NaN;
+    `desc`: a progress bar over the pack's steps with this label (None: no bar)."""
     tcfg, k = cfg.teachers, len(tasks)
     device = next(model.parameters()).device
     bank = LoraBank(model.targets, k, cfg.lora.rank, seed=seed).to(device)
@@ -104,7 +105,8 @@ def train_pack(model: TagiModel, tokenizer, cfg: TagiConfig, tasks: Sequence[Tas
         if not t.train:
             result.failed[t.name] = "no training instances"
     start, last = time.time(), torch.zeros(k)
-    for _ in range(tcfg.steps):
+    for _ in tqdm(range(tcfg.steps), desc=desc or "pack", unit="step", leave=False, mininterval=10.0,
+                  disable=desc is None, dynamic_ncols=True):
         rows = [i for i in range(k) if alive[i]]
         if not rows:
             break
@@ -183,10 +185,23 @@ def evaluate_pack(model: TagiModel, tokenizer, cfg: TagiConfig, tasks: Sequence[
 
 
 # ---- the worker loop (same with and without Ray) ---------------------------------------------
-def plan_packs(pending: Sequence[str], world: int, pack_size: int) -> list[list[list[str]]]:
-    """packs[worker][round] = task names: round-robin shards, then chunks of K."""
-    shards = [list(pending[w::world]) for w in range(world)]
-    return [[s[i:i + pack_size] for i in range(0, len(s), pack_size)] for s in shards]
+def task_lengths(table: pa.Table) -> dict[str, float]:
+    """Each task's 90th-percentile instance length (characters of input + first reference): a
+    pack's batches are padded to their longest row, so packs group tasks of similar length."""
+    lengths: dict[str, list[int]] = {}
+    for task, text, outputs in zip(table.column("task").to_pylist(), table.column("input").to_pylist(),
+                                   table.column("outputs").to_pylist()):
+        lengths.setdefault(task, []).append(len(text) + len(outputs[0] if outputs else ""))
+    return {t: sorted(v)[int(0.9 * (len(v) - 1))] for t, v in lengths.items()}
+
+
+def plan_packs(pending: Sequence[str], world: int, pack_size: int,
+               lengths: dict[str, float] | None = None) -> list[list[list[str]]]:
+    """packs[worker][round] = task names: the tasks sorted by length (`lengths`, else by name),
+    cut into packs of K, the packs dealt round-robin to the workers."""
+    ordered = sorted(pending, key=lambda t: ((lengths or {}).get(t, 0.0), t))
+    packs = [ordered[i:i + pack_size] for i in range(0, len(ordered), pack_size)]
+    return [packs[w::world] for w in range(world)]
 
 
 def teacher_worker_loop(config: dict, ctx: WorkerContext) -> None:
@@ -204,10 +219,10 @@ def teacher_worker_loop(config: dict, ctx: WorkerContext) -> None:
     bundle = load_pretrained(str(base_path), cfg.model.dtype)
     model = TagiModel(bundle, cfg.lora, cfg.hypernet, cfg.instruction).eval().to(ctx.device)
     tokenizer = bundle.tokenizer
-    plan = plan_packs(list(config["pending"]), world, cfg.teachers.pack_size)
+    train = select_split(table, "train")
+    plan = plan_packs(list(config["pending"]), world, cfg.teachers.pack_size, task_lengths(train))
     rounds = max((len(p) for p in plan), default=0)
     mine = plan[rank]
-    train = select_split(table, "train")
     mine_names = [name for pack in mine for name in pack]
     num_pos = parse_prompt_format(cfg.data.prompt)
     examples = table_examples(train.filter(pc.is_in(train.column("task"), value_set=pa.array(mine_names, pa.string()))),
@@ -221,7 +236,8 @@ def teacher_worker_loop(config: dict, ctx: WorkerContext) -> None:
         metrics = {"round": r, "tasks_done": done, "tasks_total": total}
         if r < len(mine):
             pack = [data.get(name, TaskData(name, [], [])) for name in mine[r]]
-            result = train_pack(model, tokenizer, cfg, pack, seed=cfg.train.seed + 1000 * rank + r, nan_task=nan_task)
+            result = train_pack(model, tokenizer, cfg, pack, seed=cfg.train.seed + 1000 * rank + r, nan_task=nan_task,
+                                desc=f"worker {rank} pack {r + 1}/{len(mine)}")
             ok = [t for t in pack if t.name not in result.failed]
             weights = result.bank.weights()
             ok_weights = weights.select([pack.index(t) for t in ok]) if ok else None
