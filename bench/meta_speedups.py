@@ -39,6 +39,7 @@ from tagi_ray.training.meta import MetaObjective
 from tagi_ray.instruction_cache import InstructionCache
 from tagi_ray.training.steps import make_batch
 from tagi_ray.training.teacher_logits import compute_topk, load_topk, save_topk
+from tagi_ray.training.teacher_store import TeacherStore
 from tagi_ray.training.teachers import TaskData, evaluate_pack, held_back_loss
 
 
@@ -103,12 +104,12 @@ def main() -> None:
             model.zero_grad(set_to_none=True)
         return run
 
-    t_live = timed(step(MetaObjective(model, tok, cfg, cfg.loss, bank, rows)), args.steps)
+    t_live = timed(step(MetaObjective(model, tok, cfg, cfg.loss, TeacherStore.in_memory(bank, rows))), args.steps)
     cache = InstructionCache(model, tok, cfg.model.max_instruction_length)
     t0 = time.perf_counter()
     cache.encode(sorted({e.instruction for e in data}))
     t_encode = time.perf_counter() - t0
-    t_cached = timed(step(MetaObjective(model, tok, cfg, cfg.loss, bank, rows, cache)), args.steps)
+    t_cached = timed(step(MetaObjective(model, tok, cfg, cfg.loss, TeacherStore.in_memory(bank, rows), cache)), args.steps)
     t0 = time.perf_counter()
     store_dir = work / "teachers"
     for t, i in rows.items():
@@ -118,7 +119,7 @@ def main() -> None:
     t_store = time.perf_counter() - t0
     size = sum(f.stat().st_size for f in store_dir.rglob("*.safetensors"))
     store = load_topk(store_dir, tasks, cfg)
-    t_topk = timed(step(MetaObjective(model, tok, cfg, cfg.loss, bank, rows, cache, store)), args.steps)
+    t_topk = timed(step(MetaObjective(model, tok, cfg, cfg.loss, TeacherStore.in_memory(bank, rows, store), cache)), args.steps)
     lines += [f"meta step, instructions encoded every step, live teachers: {t_live:.2f} s",
               f"meta step, instructions encoded once: {t_cached:.2f} s ({t_live / t_cached:.2f}x; one-time "
               f"encoding of {len(cache)} instructions {t_encode:.1f} s)",

@@ -170,6 +170,9 @@ class TeacherConfig(Section):
     # L_kl: each teacher's distributions on its task's instances stored once as the top k
     # log-probs (teacher_logits.py); 0 = run the teachers at every meta step
     logits_topk: NonNegInt = 64
+    # meta-training keeps at most this many teachers (weights + stored logits) in a worker's memory,
+    # loading the others on demand (TeacherStore): memory flat in the fleet size; >= the tasks of a batch
+    resident: PosInt = 64
     tasks: list[Str] = []  # only these training tasks ([] = all)
     max_tasks: NonNegInt = 0  # 0 = every (selected) training task
     # fault injection, for tests of resumption: a worker raises after writing this many teachers

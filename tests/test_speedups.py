@@ -12,6 +12,7 @@ from tagi_ray.training.examples import Example
 from tagi_ray.training.meta import MetaObjective, instruction_cache
 from tagi_ray.training.steps import make_batch
 from tagi_ray.training.teacher_logits import compute_topk, gather_topk, load_topk, save_topk
+from tagi_ray.training.teacher_store import TeacherStore
 from tagi_ray.training.teachers import TaskData, evaluate_pack, held_back_loss
 
 TASKS = {"t0": "Reverse the words of the sentence.", "t1": "Return the last word.", "t2": "Spell it out."}
@@ -68,8 +69,9 @@ def test_cached_instructions_and_stored_teacher_logits_give_the_live_loss(arch, 
         (tmp_path / t).mkdir()
         save_topk(tmp_path / t, cfg, [e.id for e in mine], *compute_topk(model, tok, cfg, mine, teachers.select([i])))
     store = load_topk(tmp_path, list(TASKS), cfg)
-    live = MetaObjective(model, tok, cfg, cfg.loss, teachers, rows)
-    fast = MetaObjective(model, tok, cfg, cfg.loss, teachers, rows, instruction_cache(model, tok, cfg), store)
+    live = MetaObjective(model, tok, cfg, cfg.loss, TeacherStore.in_memory(teachers, rows))
+    fast = MetaObjective(model, tok, cfg, cfg.loss, TeacherStore.in_memory(teachers, rows, store),
+                         instruction_cache(model, tok, cfg))
     batch = [data[i] for i in (0, 7, 3, 12, 5, 6)]  # mixed tasks, instruction rows out of order
     with torch.no_grad():
         a, b = live(batch), fast(batch)
@@ -108,3 +110,40 @@ def test_chunked_teacher_evaluation_equals_one_batch():
     chunked = evaluate_pack(model, tok, cfg, tasks, teachers), held_back_loss(model, tok, cfg, tasks, teachers)
     assert whole[0] == chunked[0]
     assert whole[1] == pytest.approx(chunked[1], rel=1e-9)
+
+
+def test_teachers_read_lazily_give_the_eager_loss_with_bounded_memory(tmp_path):
+    """TeacherStore: a worker holding at most 2 of 3 teachers (weights + stored logits), loading
+    the rest on demand, computes exactly the loss of one holding the whole fleet."""
+    from functools import partial
+
+    from tagi_ray.training.teacher_store import load_teacher_bank, write_teacher
+
+    cfg, model, tok, teachers = setup("llama", **{"loss.lambda_ins": 0.5, "teachers.logits_topk": 16})
+    model.float()
+    data = examples()
+    for i, t in enumerate(TASKS):
+        mine = [e for e in data if e.task == t]
+        own = teachers.select([i]).to(torch.float32)
+        write_teacher(tmp_path, t, own, model.targets, cfg, model.arch, tmp_path / "base", {"task": t},
+                      extra=partial(save_topk, cfg=cfg, ids=[e.id for e in mine],
+                                    **dict(zip(("idx", "logp", "offsets"), compute_topk(model, tok, cfg, mine, own)))))
+    eager_bank, eager_rows = load_teacher_bank(tmp_path, list(TASKS), cfg.lora.rank, cfg.lora.alpha)
+    lazy = TeacherStore.open(tmp_path, list(TASKS), cfg, resident=2)
+    eager = MetaObjective(model, tok, cfg, cfg.loss, TeacherStore.in_memory(eager_bank, eager_rows,
+                                                                            load_topk(tmp_path, list(TASKS), cfg)))
+    student = MetaObjective(model, tok, cfg, cfg.loss, lazy)
+    assert lazy.has_topk
+    by_task = {t: [e for e in data if e.task == t] for t in TASKS}
+    for a, b in [("t0", "t1"), ("t2", "t0"), ("t1", "t2"), ("t0", "t1")]:  # every batch evicts one teacher
+        batch = by_task[a][:2] + by_task[b][:2]
+        with torch.no_grad():
+            x, y = eager(batch), student(batch)
+        for key in ("loss", "loss_ce", "loss_kl", "loss_ins"):
+            assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-6), key
+        assert len(lazy.resident_tasks) <= 2
+    assert lazy.loads == 8 and lazy.hits == 8  # 2 loads per batch (LRU), each topk read a hit
+    with pytest.raises(ValueError, match="teachers.resident >= 3"):
+        lazy.bank(list(TASKS))
+    with pytest.raises(FileNotFoundError, match="no complete teachers"):
+        TeacherStore.open(tmp_path, ["t9"], cfg)

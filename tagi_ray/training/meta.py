@@ -3,10 +3,10 @@
 Two stages share this loop:
 - "pretrain": plain text split in three (first part -> hypernetwork, middle -> input, rest ->
   target), L_ce only;
-- "meta": training tasks, L = L_ce + lambda_kl * L_kl + lambda_ins * L_ins against the teacher
-  bank (teacher distributions from the teachers' stored top-k, or recomputed through the
-  batched LoRA on the same batch). Each training task's instruction is encoded once per run
-  (`InstructionCache`).
+- "meta": training tasks, L = L_ce + lambda_kl * L_kl + lambda_ins * L_ins against each batch's
+  teachers, read lazily from the fleet (`TeacherStore`; teacher distributions from their stored
+  top-k, or recomputed through the batched LoRA on the same batch). Each training task's
+  instruction is encoded once per run (`InstructionCache`).
 
 Checkpoints are DeepSpeed's: every rank saves its shard into one directory, then every rank
 calls `ctx.report(metrics, directory)`; a restarted loop resumes from `ctx.latest_checkpoint()`
@@ -39,7 +39,6 @@ from tagi_ray.data.prompts import parse_prompt_format
 from tagi_ray.batching import dedup
 from tagi_ray.inference import fit_hypernet_input_stats
 from tagi_ray.instruction_cache import InstructionCache
-from tagi_ray.lora import LoraWeights
 from tagi_ray.models.base import load_pretrained
 from tagi_ray.tagi import TagiModel
 from tagi_ray.training.deepspeed_setup import ds_config, skip_shm_build
@@ -47,8 +46,7 @@ from tagi_ray.training.examples import Example, random_batches, table_examples
 from tagi_ray.training.loop import linear_schedule
 from tagi_ray.training.pretrain_text import split_texts
 from tagi_ray.training.steps import make_batch, tagi_step
-from tagi_ray.training.teacher_logits import gather_topk, load_topk
-from tagi_ray.training.teacher_store import load_teacher_bank
+from tagi_ray.training.teacher_store import TeacherStore
 from tagi_ray.training.validation import validation_batches, validation_loss
 from tagi_ray.training.worker import InjectedFault, WorkerContext
 
@@ -59,25 +57,25 @@ STEPS_LOG = "steps.jsonl"
 
 class MetaObjective(torch.nn.Module):
     """What DeepSpeed wraps: the TAGI model plus the loss; forward(examples) -> loss terms.
-    `instructions`: an InstructionCache (each task's instruction encoded once), or None (encoded
-    at every step). `teacher_topk`: the teachers' stored distributions by instance id
-    (`teacher_logits.py`), or None (L_kl runs the teachers on every batch)."""
+    `teachers`: the TeacherStore (each batch's teachers, and their stored distributions when
+    there are), or None (no teacher losses). `instructions`: an InstructionCache (each task's
+    instruction encoded once), or None (encoded at every step)."""
 
     def __init__(self, model: TagiModel, tokenizer, cfg: TagiConfig, loss: LossConfig,
-                 teacher: LoraWeights | None, teacher_rows: dict[str, int],
-                 instructions: InstructionCache | None = None,
-                 teacher_topk: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
+                 teachers: TeacherStore | None, instructions: InstructionCache | None = None):
         super().__init__()
         self.model, self.tokenizer, self.cfg, self.loss = model, tokenizer, cfg, loss
-        self.teacher, self.teacher_rows = teacher, teacher_rows
-        self.instructions, self.teacher_topk = instructions, teacher_topk
+        self.teachers, self.instructions = teachers, instructions
 
     def forward(self, examples: list[Example], ce_only: bool = False) -> dict:
         """`ce_only`: L_ce alone, no teacher (validation tasks have none)."""
         device = next(self.model.parameters()).device
-        teacher = None if ce_only else self.teacher
         loss = LossConfig.ce_only(self.loss.temperature) if ce_only else self.loss
-        ids = [self.teacher_rows[e.task] for e in examples] if teacher is not None else None
+        teacher, ids, topk = None, None, None
+        if self.teachers is not None and not ce_only:
+            teacher, rows = self.teachers.bank([e.task for e in examples])
+            ids = [rows[e.task] for e in examples]
+            topk = self.teachers.topk(examples) if loss.uses_kl else None
         cached = self.instructions is not None
         batch = make_batch(self.model, self.tokenizer, examples, self.cfg.model, with_prompt=False, task_ids=ids,
                            instructions=not cached)
@@ -85,7 +83,6 @@ class MetaObjective(torch.nn.Module):
         if cached:
             texts, batch.index = dedup([e.instruction for e in examples])
             instr = self.instructions.encode(texts)
-        topk = gather_topk(self.teacher_topk, examples) if teacher is not None and self.teacher_topk else None
         return {**tagi_step(self.model, batch.to(device), loss, teacher, instr, topk), "tokens": batch.num_tokens}
 
 
@@ -175,15 +172,10 @@ def meta_worker_loop(config: dict, ctx: WorkerContext) -> None:
 
     total = cfg.train.pretrain_steps if stage == "pretrain" else cfg.train.meta_steps
     loss_cfg = LossConfig.ce_only(cfg.loss.temperature) if stage == "pretrain" else cfg.loss
-    teacher, rows = None, {}
+    teachers = None
     if stage == "meta" and config.get("teachers_dir") and loss_cfg.uses_teachers:
-        teacher, rows = load_teacher_bank(Path(config["teachers_dir"]), config["teacher_tasks"],
-                                          cfg.lora.rank, cfg.lora.alpha)
-        teacher = teacher.to(device)
-    topk = None
-    if teacher is not None and loss_cfg.uses_kl and cfg.teachers.logits_topk:
-        topk = load_topk(Path(config["teachers_dir"]), list(rows), cfg)
-        if topk is None and rank == 0:
+        teachers = TeacherStore.open(Path(config["teachers_dir"]), config["teacher_tasks"], cfg, device)
+        if rank == 0 and loss_cfg.uses_kl and not teachers.has_topk:
             print(f"L_kl: teachers run live (no stored top-{cfg.teachers.logits_topk} logits at temperature "
                   f"{cfg.loss.temperature} for every teacher)")
     num_pos = parse_prompt_format(cfg.data.prompt)
@@ -192,7 +184,7 @@ def meta_worker_loop(config: dict, ctx: WorkerContext) -> None:
         # ZeRO-3 the base's forward is collective, so no rank may encode what another does not
         tables = [config["data"]] + ([config["val_data"]] if config.get("val_data") is not None else [])
         cache.encode(sorted({e.instruction for t in tables for e in table_examples(t, num_pos)}))
-    objective = MetaObjective(model, bundle.tokenizer, cfg, loss_cfg, teacher, rows, cache, topk)
+    objective = MetaObjective(model, bundle.tokenizer, cfg, loss_cfg, teachers, cache)
     engine, _, _, _ = deepspeed.initialize(
         model=objective, model_parameters=params, config=ds_config(cfg, total, on_gpu),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(

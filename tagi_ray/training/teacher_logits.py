@@ -70,26 +70,33 @@ def save_topk(directory: Path, cfg: TagiConfig, ids: Sequence[str], idx: torch.T
     return path
 
 
+def topk_matches(path: Path, cfg: TagiConfig) -> bool:
+    """Whether a stored file exists and was written at this run's temperature, k and lengths
+    (reads the header only)."""
+    if not path.is_file():
+        return False
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    return all(meta.get(key) == value for key, value in cache_key(cfg).items())
+
+
+def read_topk(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """instance id -> (idx, logp) of one teacher's file."""
+    with safe_open(str(path), "pt") as f:
+        ids = json.loads(f.metadata()["ids"])
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    offsets = tensors["offsets"].tolist()
+    return {ex_id: (tensors["idx"][offsets[i]:offsets[i + 1]], tensors["logp"][offsets[i]:offsets[i + 1]])
+            for i, ex_id in enumerate(ids)}
+
+
 def load_topk(teachers_dir: Path, tasks: Sequence[str], cfg: TagiConfig
               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
     """instance id -> (idx, logp) for every instance of `tasks`, or None unless every task has a
     file that matches this run (then L_kl runs the teachers live)."""
-    want = cache_key(cfg)
-    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for task in tasks:
-        path = teachers_dir / task / FILE
-        if not path.is_file():
-            return None
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata()
-            if any(meta.get(key) != value for key, value in want.items()):
-                return None
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-        offsets = tensors["offsets"].tolist()
-        for i, ex_id in enumerate(json.loads(meta["ids"])):
-            rows = slice(offsets[i], offsets[i + 1])
-            out[ex_id] = (tensors["idx"][rows], tensors["logp"][rows])
-    return out
+    if not all(topk_matches(teachers_dir / task / FILE, cfg) for task in tasks):
+        return None
+    return {ex_id: v for task in tasks for ex_id, v in read_topk(teachers_dir / task / FILE).items()}
 
 
 def gather_topk(store: dict[str, tuple[torch.Tensor, torch.Tensor]], examples: Sequence[Example]) -> TeacherTopK:

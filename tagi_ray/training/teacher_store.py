@@ -7,7 +7,9 @@
     <teachers>/manifest.jsonl             all rows, rewritten by `merge_manifest`
 
 A teacher directory is written to a temp name and renamed into place, so presence means
-complete: a rerun trains only the tasks without one.
+complete: a rerun trains only the tasks without one. Meta-training reads the fleet through a
+`TeacherStore`: only the teachers of the current batch, with at most `teachers.resident` of them
+(weights and stored logits) in a worker's memory, however large the fleet.
 """
 from __future__ import annotations
 
@@ -15,15 +17,22 @@ import json
 import os
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import torch
 
 import pyarrow as pa
 
 from tagi_ray.adapters import export_peft, import_peft
 from tagi_ray.config import TagiConfig
 from tagi_ray.data.tables import select_split
+from tagi_ray.losses import TeacherTopK
 from tagi_ray.lora import LoraTarget, LoraWeights
+from tagi_ray.training.examples import Example
+from tagi_ray.training.teacher_logits import FILE as TOPK_FILE
+from tagi_ray.training.teacher_logits import gather_topk, read_topk, topk_matches
 
 MANIFEST = "manifest.jsonl"
 ROW_FILE = "teacher.json"
@@ -97,3 +106,80 @@ def pending_tasks(cfg: TagiConfig, table: pa.Table, teachers_dir: Path) -> tuple
         names = names[:cfg.teachers.max_tasks]
     done = completed_tasks(teachers_dir)
     return names, [n for n in names if n not in done]
+
+
+class TeacherStore:
+    """The teachers meta-training compares with, loaded on demand: `bank(tasks)` stacks the
+    teachers of one batch (rows in the order given), `topk(examples)` their stored distributions
+    (None when the teachers must run live). At most `resident` teachers stay in memory (least
+    recently used evicted), so a worker's memory does not grow with the fleet. `loads` and
+    `hits` count disk reads and cache hits."""
+
+    def __init__(self, load: Callable[[str], tuple[LoraWeights, dict | None]], tasks: Sequence[str],
+                 resident: int, device: torch.device | str = "cpu", has_topk: bool = False):
+        if resident < 1:
+            raise ValueError(f"teachers.resident must be >= 1, got {resident}")
+        self._load, self.tasks, self.resident, self.device = load, list(tasks), resident, torch.device(device)
+        self.has_topk = has_topk
+        self._cache: OrderedDict[str, tuple[LoraWeights, dict | None]] = OrderedDict()
+        self.loads = self.hits = 0
+
+    @classmethod
+    def open(cls, teachers_dir: Path, tasks: Sequence[str], cfg: TagiConfig, device: torch.device | str = "cpu",
+             resident: int | None = None) -> TeacherStore:
+        """The complete teachers of `tasks` under `teachers_dir` (at least one). Stored logits are
+        used when every one of them has a file that matches the run (`teacher_logits.py`)."""
+        done = completed_tasks(teachers_dir)
+        present = [t for t in tasks if t in done]
+        if not present:
+            raise FileNotFoundError(f"no complete teachers under {teachers_dir} for the {len(tasks)} requested tasks")
+        use_topk = bool(cfg.teachers.logits_topk) and cfg.loss.uses_kl and all(
+            topk_matches(teachers_dir / t / TOPK_FILE, cfg) for t in present)
+
+        def load(task: str) -> tuple[LoraWeights, dict | None]:
+            weights = import_peft(teachers_dir / task, rank=cfg.lora.rank, alpha=cfg.lora.alpha)[0]
+            return weights, read_topk(teachers_dir / task / TOPK_FILE) if use_topk else None
+
+        return cls(load, present, resident or cfg.teachers.resident, device, use_topk)
+
+    @classmethod
+    def in_memory(cls, weights: LoraWeights, rows: dict[str, int],
+                  topk: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> TeacherStore:
+        """Teachers already stacked in memory (tests, benchmarks): row `rows[task]` of `weights`."""
+        def load(task: str) -> tuple[LoraWeights, dict | None]:
+            return weights.select(rows[task]), topk
+        return cls(load, list(rows), len(rows), next(iter(weights.A.values())).device, topk is not None)
+
+    def _entry(self, task: str) -> tuple[LoraWeights, dict | None]:
+        if task in self._cache:
+            self.hits += 1
+            self._cache.move_to_end(task)
+            return self._cache[task]
+        if task not in self.tasks:
+            raise KeyError(f"no teacher for task {task!r} in this store")
+        weights, topk = self._load(task)
+        self.loads += 1
+        self._cache[task] = entry = (weights.to(self.device), topk)
+        while len(self._cache) > self.resident:
+            self._cache.popitem(last=False)
+        return entry
+
+    def bank(self, tasks: Sequence[str]) -> tuple[LoraWeights, dict[str, int]]:
+        """The teachers of `tasks` (distinct, in first-seen order) stacked; task -> row."""
+        order = list(dict.fromkeys(tasks))
+        if len(order) > self.resident:
+            raise ValueError(f"a batch of {len(order)} tasks needs teachers.resident >= {len(order)} (is {self.resident})")
+        return LoraWeights.cat([self._entry(t)[0] for t in order]), {t: i for i, t in enumerate(order)}
+
+    def topk(self, examples: Sequence[Example]) -> TeacherTopK | None:
+        """The stored distributions of the batch's scored tokens, or None (teachers run live)."""
+        if not self.has_topk:
+            return None
+        stored: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for task in dict.fromkeys(e.task for e in examples):
+            stored.update(self._entry(task)[1])
+        return gather_topk(stored, examples)
+
+    @property
+    def resident_tasks(self) -> list[str]:
+        return list(self._cache)
