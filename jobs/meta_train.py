@@ -116,8 +116,6 @@ def run_meta_training(cfg: TagiConfig, run: RunDir, exclude_tasks: set[str] = fr
         fragments = [e.instruction for e in split_texts(rng.sample(texts, min(512, len(texts))), rng)]
         stage1 = _fit_stage(cfg, run, "pretrain", base, pa.table({"text": texts}), fragments + instructions, None,
                             [], name, on_ray=on_ray)
-    if stage1 is not None and cfg.train.train_layer_norms:  # stage 2 continues stage 1's layer norms
-        base = stage1 / "base"
     final = _fit_stage(cfg, run, "meta", base, tasks, instructions, stage1, names if cfg.loss.uses_teachers else [],
                        name, callbacks, val_data, on_ray)
     if not (run.hypernet / HYPERNET_FILE).is_file():

@@ -11,6 +11,7 @@ from ray import serve
 
 from tagi_ray.serve.loading import load_for_serving
 from tagi_ray.adapters import export_peft
+from tagi_ray.base_ref import resolve_base
 from tagi_ray.serving import AdapterEntry, AdapterFactory, LruCache, checkpoint_hash
 
 
@@ -69,7 +70,7 @@ class AdapterGenerator:
             return None
         with tempfile.TemporaryDirectory() as tmp:
             out = export_peft(entry.weights, self.model.targets, self.cfg.lora.rank, self.cfg.lora.alpha,
-                              self.model.arch, str(Path(self.checkpoint) / "base"), Path(tmp) / adapter_id)
+                              self.model.arch, str(resolve_base(self.checkpoint).resolve()), Path(tmp) / adapter_id)
             buf = io.BytesIO()
             with tarfile.open(fileobj=buf, mode="w:gz") as tar:
                 tar.add(out, arcname=adapter_id)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from peft import PeftModel
 
+from tagi_ray.base_ref import resolve_base
 from tagi_ray.checkpoint import load_checkpoint, save_checkpoint
 from tagi_ray.cli import main
 from tagi_ray.config import LossConfig, load_config
@@ -109,7 +110,7 @@ def test_checkpoint_round_trip_and_export_adapter_cli(trained, tmp_path):
     definition = "Reverse the order of the words."
     assert main(["export-adapter", "--checkpoint", str(ckpt), "--instruction", definition,
                  "--out", str(tmp_path / "adapter")]) == 0
-    peft_model = PeftModel.from_pretrained(load_pretrained(str(ckpt / "base")).model, str(tmp_path / "adapter")).eval()
+    peft_model = PeftModel.from_pretrained(load_pretrained(str(resolve_base(ckpt))).model, str(tmp_path / "adapter")).eval()
     ids = tok(["Now complete the following example -\nInput: a b c.\nOutput: "], return_tensors="pt")
     labels = torch.tensor([[5, 6, 7, 1]])
     from tagi_ray.batching import instruction_batch

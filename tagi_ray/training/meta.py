@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from tagi_ray.checkpoint import HYPERNET_FILE, save_checkpoint
+from tagi_ray.checkpoint import HYPERNET_FILE, load_checkpoint_base, save_checkpoint
 from tagi_ray.config import LossConfig, TagiConfig, config_from_dict
 from tagi_ray.data.prompts import parse_prompt_format
 from tagi_ray.batching import dedup
@@ -160,7 +160,9 @@ def meta_worker_loop(config: dict, ctx: WorkerContext) -> None:
         torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
 
-    bundle = load_pretrained(config["base"], cfg.model.dtype)
+    # stage 2 continues stage 1's base as trained (its layer norms, with train.train_layer_norms)
+    bundle = load_checkpoint_base(config["init_hypernet"], cfg.model.dtype) if config.get("init_hypernet") \
+        else load_pretrained(config["base"], cfg.model.dtype)
     encoder = load_pretrained(config["instruction_encoder"], cfg.model.dtype).model \
         if config.get("instruction_encoder") else None
     model = TagiModel(bundle, cfg.lora, cfg.hypernet, cfg.instruction, encoder).to(device)
@@ -230,29 +232,32 @@ def meta_worker_loop(config: dict, ctx: WorkerContext) -> None:
         # a report syncs all workers (under Ray, ~1-2 s here), so metrics are reported with
         # each checkpoint; every step is in steps.jsonl
         if at_checkpoint:
-            _save_and_report(ctx, engine, model, bundle.tokenizer, cfg, record, last)
+            _save_and_report(ctx, engine, model, bundle.tokenizer, cfg, record, last, Path(config["base"]))
 
 
 def _save_and_report(ctx: WorkerContext, engine, model: TagiModel, tokenizer, cfg: TagiConfig, record: dict,
-                     last: bool) -> None:
-    """Every rank saves its DeepSpeed shard, rank 0 the progress (and, at the end, the
-    standalone export); then every rank reports the same directory as the checkpoint."""
+                     last: bool, base_dir: Path) -> None:
+    """Every rank saves its DeepSpeed shard (trained tensors only: the frozen base is stored once,
+    in the run), rank 0 the progress (and, at the end, the standalone export, which references
+    `base_dir` by hash); then every rank reports the same directory as the checkpoint."""
     with tempfile.TemporaryDirectory() as tmp:
-        engine.save_checkpoint(tmp, tag="ds")
+        engine.save_checkpoint(tmp, tag="ds", exclude_frozen_parameters=True)
         if last:
-            _gather_for_export(engine, model, cfg, tokenizer, Path(tmp) / EXPORT_DIR if ctx.rank == 0 else None)
+            _gather_for_export(engine, model, cfg, tokenizer, Path(tmp) / EXPORT_DIR if ctx.rank == 0 else None,
+                               base_dir)
         if ctx.rank == 0:
             (Path(tmp) / PROGRESS_FILE).write_text(json.dumps({"step": record["step"], "stage": record["stage"]}))
         ctx.report(record, Path(tmp))
 
 
-def _gather_for_export(engine, model: TagiModel, cfg: TagiConfig, tokenizer, out: Path | None) -> None:
-    """Write the standalone checkpoint from rank 0 (ZeRO-3 gathers the partitioned weights first)."""
+def _gather_for_export(engine, model: TagiModel, cfg: TagiConfig, tokenizer, out: Path | None,
+                       base_dir: Path) -> None:
+    """Write the TAGI checkpoint from rank 0 (ZeRO-3 gathers the partitioned weights first)."""
     if cfg.train.zero_stage == 3:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
             if out is not None:
-                save_checkpoint(model, tokenizer, cfg, out)
+                save_checkpoint(model, tokenizer, cfg, out, base_dir)
     elif out is not None:
-        save_checkpoint(model, tokenizer, cfg, out)
+        save_checkpoint(model, tokenizer, cfg, out, base_dir)
