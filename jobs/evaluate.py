@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from tagi_ray.checkpoint import check_checkpoint
@@ -46,9 +47,9 @@ def baseline_methods(run: RunDir, fmt: str) -> list[Method]:
 
 
 def write_report(run: RunDir, results: dict, records: list[dict], title: str = "tagi-ray evaluation",
-                 preamble: list[str] = (), source: RunDir | None = None) -> Path:
-    """metrics.json, predictions.jsonl, report.md (methods table, per-task tables) and PNGs in
-    `run`; training curves and teachers are read from `source` (default `run`)."""
+                 preamble: Sequence[str] = (), source: RunDir | None = None, appendix: Sequence[str] = ()) -> Path:
+    """metrics.json, predictions.jsonl, report.md (methods table, `appendix`, per-task tables) and
+    PNGs in `run`; training curves and teachers are read from `source` (default `run`)."""
     source = source or run
     (run.root / "metrics.json").write_text(json.dumps(results, indent=1))
     (run.root / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -56,7 +57,7 @@ def write_report(run: RunDir, results: dict, records: list[dict], title: str = "
     lines = [f"# {title}", "", f"Run directory: `{run.root}`.", *preamble, "",
              f"Held-out (test split) tasks: {p['tasks']} tasks, {p['scored_instances']} scored instances "
              f"({p['instances']}). Scores: {p['aggregation']}. CIs: {p['ci']}. TAGI − method: {p['difference']}.", "",
-             "## Methods", "", methods_table(results, ORDER), ""]
+             "## Methods", "", methods_table(results, ORDER), "", *appendix]
     for fmt, by_method in results["formats"].items():
         lines += [f"## {fmt}: ROUGE-L per category", "", metrics_table(by_method, "per_category"), "",
                   f"## {fmt}: ROUGE-L per task", "", metrics_table(by_method, "per_task"), "",

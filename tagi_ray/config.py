@@ -286,6 +286,10 @@ class ExperimentConfig(Section):
                            "tagi_no_hypernet"]] = ["tagi", "tagi_no_fusion", "tagi_no_kl", "tagi_no_ins",
                                                    "tagi_no_pretrain", "tagi_no_hypernet"]
     formats: list[Literal["def", "def+2pos"]] = ["def", "def+2pos"]
+    # the ablation grid's budget (the issue allows a smaller one than the headline comparison): with
+    # 0 or train.meta_steps, one table; else the ablations AND a full-TAGI reference train this many
+    # meta steps, while the headline TAGI trains train.meta_steps like the baselines
+    ablation_meta_steps: NonNegInt = 0
 
 
 class TagiConfig(Section):

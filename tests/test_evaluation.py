@@ -121,3 +121,20 @@ def test_an_interrupted_evaluation_resumes_from_each_methods_cached_predictions(
     other_format = [replace(e, instruction="Define. Positive example 1 ...") for e in ex[:2]]
     assert cached_predict(predictor, base, other_format, cache)[0] == ["0:4", "1:4"]  # reads no instruction
     assert cached_predict(predictor, method, other_format, cache)[0] == ["0:5", "1:5"]  # reads it
+
+
+def test_the_ablation_grid_may_use_its_own_budget_with_its_own_full_tagi_reference(tmp_path):
+    from tagi_ray.run_dir import RunDir
+    from tagi_ray.tune.experiment import ablation_budget, trial_specs, variant_config, variant_dir
+
+    one = load_config(overrides=["train.meta_steps=150", "experiment.variants=[tagi,tagi_no_kl]",
+                                 "experiment.formats=[def]"])
+    assert ablation_budget(one) is None and [s["variant"] for s in trial_specs(one)] == ["tagi", "tagi_no_kl"]
+    two = load_config(overrides=["train.meta_steps=150", "experiment.ablation_meta_steps=60",
+                                 "experiment.variants=[tagi,tagi_no_kl]", "experiment.formats=[def,def+2pos]"])
+    specs = trial_specs(two)
+    assert [(s["variant"], s["budget"]) for s in specs if s["format"] == "def"] == \
+        [("tagi", "headline"), ("tagi", "ablation"), ("tagi_no_kl", "ablation")]
+    assert len(specs) == 6 and variant_config(two.to_dict(), "tagi_no_kl", "def", 60).train.meta_steps == 60
+    run = RunDir(tmp_path)
+    assert variant_dir(run, "tagi", "def") != variant_dir(run, "tagi", "def", "ablation")

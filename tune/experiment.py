@@ -53,28 +53,52 @@ VARIANTS: dict[str, dict[str, Any]] = {
 FORMATS = {"def": 0, "def+2pos": 2}
 
 
-def variant_config(base: dict, variant: str, fmt: str) -> TagiConfig:
-    """The experiment's config with the variant's switch and the format's prompt."""
-    return trial_config(base, {**VARIANTS[variant], "data.prompt": fmt})
+def variant_config(base: dict, variant: str, fmt: str, meta_steps: int | None = None) -> TagiConfig:
+    """The experiment's config with the variant's switch, the format's prompt and (for the
+    ablation grid's budget) its meta steps."""
+    steps = {"train.meta_steps": meta_steps} if meta_steps else {}
+    return trial_config(base, {**VARIANTS[variant], "data.prompt": fmt, **steps})
 
 
-def variant_dir(run: RunDir, variant: str, fmt: str) -> Path:
-    return run.root / "experiment" / format_dir(fmt) / variant
+def variant_dir(run: RunDir, variant: str, fmt: str, budget: str = "headline") -> Path:
+    """`<run>/experiment/<format>/<variant>`; the ablation grid's own budget under `ablation/`."""
+    root = run.root / "experiment" / format_dir(fmt)
+    return root / variant if budget == "headline" else root / "ablation" / variant
+
+
+def ablation_budget(cfg: TagiConfig) -> int | None:
+    """The ablation grid's meta steps when it differs from the headline's, else None (one table)."""
+    steps = cfg.experiment.ablation_meta_steps
+    return steps if steps and steps != cfg.train.meta_steps else None
+
+
+def trial_specs(cfg: TagiConfig) -> list[dict[str, str]]:
+    """Every TAGI run of the experiment: {"variant", "format", "budget"}. One table: each variant
+    at train.meta_steps; with an ablation budget, full TAGI at train.meta_steps (the headline) and
+    every variant, full TAGI included, at experiment.ablation_meta_steps."""
+    fmts, variants = cfg.experiment.formats, cfg.experiment.variants
+    if ablation_budget(cfg) is None:
+        return [{"variant": v, "format": f, "budget": "headline"} for f in fmts for v in variants]
+    return ([{"variant": "tagi", "format": f, "budget": "headline"} for f in fmts]
+            + [{"variant": v, "format": f, "budget": "ablation"} for f in fmts for v in variants])
 
 
 def experiment_trial(params: dict[str, Any], setup: dict) -> None:
-    """Ray Tune function trainable: one variant in one format, both meta-training stages."""
+    """Ray Tune function trainable: one variant in one format at one budget, both meta-training stages."""
     from tagi_ray.jobs.meta_train import run_meta_training
 
-    cfg = variant_config(setup["cfg"], params["variant"], params["format"])
+    spec = params["run"]
+    steps = setup["ablation_steps"] if spec["budget"] == "ablation" else None
+    cfg = variant_config(setup["cfg"], spec["variant"], spec["format"], steps)
     main = RunDir(Path(setup["run"]))
-    run = trial_run(variant_dir(main, params["variant"], params["format"]), main,
+    run = trial_run(variant_dir(main, spec["variant"], spec["format"], spec["budget"]), main,
                     main.teachers if cfg.loss.uses_teachers else None)
     record_config(cfg, run)
     val_tasks = setup["val_tasks"]
     val = validation_rows(read_table(run.table), val_tasks, cfg.tune.val_instances) if val_tasks else None
     run_meta_training(cfg, run, exclude_tasks=set(val_tasks), val_data=val,
-                      name=f"exp-{format_dir(params['format'])}-{params['variant']}")
+                      name=f"exp-{format_dir(spec['format'])}-{spec['variant']}"
+                           + ("-ablation" if spec["budget"] == "ablation" else ""))
 
 
 def experiment_val_tasks(cfg: TagiConfig, table) -> list[str]:
@@ -89,12 +113,12 @@ def val_loss_table(cfg: TagiConfig, run: RunDir) -> list[str]:
     """Markdown: validation loss (L_ce of the generated adapters on the validation tasks) at every
     checkpoint of each TAGI run, one column per run."""
     curves: dict[str, dict[int, float]] = {}
-    for fmt in cfg.experiment.formats:
-        for v in cfg.experiment.variants:
-            log = variant_dir(run, v, fmt) / "meta" / "meta_log" / STEPS_LOG
-            if log.is_file():
-                records = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
-                curves[f"{fmt} {v}"] = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
+    for spec in trial_specs(cfg):
+        log = variant_dir(run, spec["variant"], spec["format"], spec["budget"]) / "meta" / "meta_log" / STEPS_LOG
+        if log.is_file():
+            records = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+            label = f"{spec['format']} {spec['variant']}" + (" (ablation budget)" if spec["budget"] == "ablation" else "")
+            curves[label] = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
     steps = sorted({s for c in curves.values() for s in c})
     if not steps:
         return []
@@ -107,17 +131,18 @@ def run_grid(cfg: TagiConfig, run: RunDir, val_tasks: list[str]) -> None:
     """The variants x formats grid as one Ray Tune run (trials skip what is already trained)."""
     from ray import tune
 
-    todo = [(v, f) for f in cfg.experiment.formats for v in cfg.experiment.variants
-            if not (variant_dir(run, v, f) / "hypernet" / "hypernet.safetensors").is_file()]
-    print(f"experiment: {len(todo)} of {len(cfg.experiment.variants) * len(cfg.experiment.formats)} TAGI runs "
-          f"to train: {todo}", flush=True)
+    specs = trial_specs(cfg)
+    todo = [s for s in specs
+            if not (variant_dir(run, s["variant"], s["format"], s["budget"]) / "hypernet" / "hypernet.safetensors").is_file()]
+    print(f"experiment: {len(todo)} of {len(specs)} TAGI runs to train: "
+          f"{[(s['variant'], s['format'], s['budget']) for s in todo]}", flush=True)
     if not todo:
         return
     connect(cfg.ray.address)
     check_cluster(cfg)  # a trial that does not fit would wait forever
-    setup = {"cfg": cfg.to_dict(), "run": str(run.root), "val_tasks": val_tasks}
+    setup = {"cfg": cfg.to_dict(), "run": str(run.root), "val_tasks": val_tasks, "ablation_steps": ablation_budget(cfg)}
     trainable = tune.with_resources(tune.with_parameters(experiment_trial, setup=setup), {"CPU": cfg.tune.driver_cpus})
-    grid = {"variant": tune.grid_search(cfg.experiment.variants), "format": tune.grid_search(cfg.experiment.formats)}
+    grid = {"run": tune.grid_search(todo)}
     results = tune.Tuner(
         trainable, param_space=grid,
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.tune.max_concurrent_trials or None),
@@ -152,21 +177,36 @@ def run_experiment(cfg: TagiConfig, run: RunDir) -> dict:
     formats = {f: FORMATS[f] for f in cfg.experiment.formats}
     stage("TAGI variants (Ray Tune grid)", lambda: run_grid(cfg, run, val_tasks))
     stage("baselines", lambda: run_baselines(cfg, run, formats, exclude_tasks=val_tasks))
-    methods = {f: baseline_methods(run, f) + [Method(v, "tagi", variant_dir(run, v, f) / "hypernet")
-                                                   for v in cfg.experiment.variants]
+    budget = ablation_budget(cfg)
+    headline = ["tagi"] if budget else cfg.experiment.variants
+    methods = {f: baseline_methods(run, f) + [Method(v, "tagi", variant_dir(run, v, f) / "hypernet") for v in headline]
                for f in cfg.experiment.formats}
-    results, records = stage("evaluation", lambda: evaluate(cfg, table, methods, run.base,
-                                                            default_device(cfg.ray.use_gpu),
-                                                            cache_dir=run.root / "experiment" / "predictions_cache"))
+    device, cache = default_device(cfg.ray.use_gpu), run.root / "experiment" / "predictions_cache"
+    results, records = stage("evaluation", lambda: evaluate(cfg, table, methods, run.base, device, cache_dir=cache))
+    appendix: list[str] = []
+    if budget:  # the ablation table: every variant and its own full-TAGI reference at the ablation budget
+        ablations = {f: [Method(v, "tagi", variant_dir(run, v, f, "ablation") / "hypernet")
+                         for v in cfg.experiment.variants] for f in cfg.experiment.formats}
+        abl, abl_records = stage("evaluation (ablations)",
+                                 lambda: evaluate(cfg, table, ablations, run.base, device, cache_dir=cache))
+        results["ablations"] = abl["formats"]
+        records += [{**r, "method": f"{r['method']}@ablation"} for r in abl_records]
+        appendix = [f"## Ablations ({budget} meta steps each, full TAGI retrained at the same budget; "
+                    f"TAGI − method against that reference)", "", methods_table(abl, ORDER), ""]
     results["timings_s"] = timings
     out = RunDir(run.root / "experiment")
     switches = ", ".join(f"`{v}`: {s or 'full TAGI'}" for v, s in VARIANTS.items() if v in cfg.experiment.variants)
+    budgets = (f"Budgets: the methods table {cfg.train.meta_steps} meta steps (TAGI) and the same for the trained "
+               f"baselines; the ablations {budget or cfg.train.meta_steps} meta steps"
+               f" (batch {cfg.train.batch_size}; stage 1: {cfg.train.pretrain_steps} steps).")
     report = write_report(out, results, records, title="tagi-ray experiment: TAGI, ablations and baselines",
                           preamble=["", f"Variants (each a full meta-training run with one switch): {switches}.",
-                                    f"Validation tasks (left out of every trained row): {val_tasks}.",
+                                    budgets, f"Validation tasks (left out of every trained row): {val_tasks}.",
                                     f"Stage wall times of this invocation (s; a stage completed earlier is skipped): "
-                                    f"{json.dumps(timings)}.", *val_loss_table(cfg, run)], source=run)
-    print("\n" + methods_table(results, ORDER) + f"\n\nreport -> {report}\nstage seconds: {timings}", flush=True)
+                                    f"{json.dumps(timings)}.", *val_loss_table(cfg, run)],
+                          appendix=appendix, source=run)
+    print("\n" + methods_table(results, ORDER) + "\n\n" + "\n".join(appendix)
+          + f"\nreport -> {report}\nstage seconds: {timings}", flush=True)
     return results
 
 
