@@ -9,7 +9,8 @@ Stages, each skipped when complete (resubmit the same command to resume): data, 
 every trial a full meta-training run (both stages, its own TorchTrainer, resumed from its last
 checkpoint) that differs from `tagi` by one switch (`VARIANTS`) and is trained in its format —
 then the baselines (`jobs/baselines.py`), and finally one evaluation of every row in both formats
-(each method's predictions cached, so an interrupted evaluation resumes). Validation tasks
+(each method's predictions cached, so an interrupted evaluation resumes); `--stages` runs a
+subset (e.g. the baselines on a free core while the teachers train). Validation tasks
 (`data.val_fraction` of the training tasks, or `tune.val_tasks`) are left out of every trained
 row; TAGI runs report `val_loss` on them at every checkpoint. Outputs: `<out>/experiment/`:
 `<format>/<variant>/` trial runs, `metrics.json`, `predictions.jsonl`, `report.md` (rows
@@ -21,6 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from tagi_ray.config import TagiConfig
@@ -154,8 +156,16 @@ def run_grid(cfg: TagiConfig, run: RunDir, val_tasks: list[str]) -> None:
         raise RuntimeError(f"experiment: {len(errors)} trial(s) failed (resubmit to resume); first: {errors[0]}")
 
 
-def run_experiment(cfg: TagiConfig, run: RunDir) -> dict:
-    """Every stage (each skipped when complete), then the evaluation; returns the results."""
+STAGES = ("teachers", "grid", "baselines", "evaluation")
+
+
+def run_experiment(cfg: TagiConfig, run: RunDir, stages: Sequence[str] = STAGES) -> dict | None:
+    """Every stage (each skipped when complete), then the evaluation; returns the results.
+    `stages`: only these of STAGES (data and base are always ensured); without "evaluation",
+    returns None after the training stages (e.g. baselines on one core while teachers train)."""
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ValueError(f"experiment stages: unknown {unknown}; choose from {list(STAGES)}")
     timings: dict[str, float] = {}
 
     def stage(name: str, fn):
@@ -172,11 +182,16 @@ def run_experiment(cfg: TagiConfig, run: RunDir) -> dict:
     (run.root / "experiment" / "val_tasks.json").write_text(json.dumps(val_tasks, indent=1))
     print(f"experiment: {len(val_tasks)} validation tasks, left out of training: {val_tasks}", flush=True)
     configs = [variant_config(cfg.to_dict(), v, f) for v in cfg.experiment.variants for f in cfg.experiment.formats]
-    if any(c.loss.uses_teachers for c in configs):
+    if "teachers" in stages and any(c.loss.uses_teachers for c in configs):
         stage("teachers", lambda: run_teachers(cfg, run))
     formats = {f: FORMATS[f] for f in cfg.experiment.formats}
-    stage("TAGI variants (Ray Tune grid)", lambda: run_grid(cfg, run, val_tasks))
-    stage("baselines", lambda: run_baselines(cfg, run, formats, exclude_tasks=val_tasks))
+    if "grid" in stages:
+        stage("TAGI variants (Ray Tune grid)", lambda: run_grid(cfg, run, val_tasks))
+    if "baselines" in stages:
+        stage("baselines", lambda: run_baselines(cfg, run, formats, exclude_tasks=val_tasks))
+    if "evaluation" not in stages:
+        print(f"experiment: stages {list(stages)} done; stage seconds: {timings}", flush=True)
+        return None
     budget = ablation_budget(cfg)
     headline = ["tagi"] if budget else cfg.experiment.variants
     methods = {f: baseline_methods(run, f) + [Method(v, "tagi", variant_dir(run, v, f) / "hypernet") for v in headline]
@@ -211,9 +226,17 @@ def run_experiment(cfg: TagiConfig, run: RunDir) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, run = job_config(job_parser(__doc__.split("\n")[0], prog="tagi experiment").parse_args(argv))
+    p = job_parser(__doc__.split("\n")[0], prog="tagi experiment")
+    p.add_argument("--stages", default=",".join(STAGES),
+                   help=f"comma-separated subset of {','.join(STAGES)} to run (default: all, in that order)")
+    args = p.parse_args(argv)
+    cfg, run = job_config(args)
+    stages = [s for s in args.stages.split(",") if s]
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        p.error(f"--stages: unknown {unknown}; choose from {','.join(STAGES)}")
     record_config(cfg, run)
-    run_experiment(cfg, run)
+    run_experiment(cfg, run, stages)
     return 0
 
 
