@@ -1,4 +1,5 @@
-"""AdapterGenerator deployment: instruction (+ examples) -> adapter, encoded once, LRU-cached."""
+"""AdapterGenerator deployment: instruction (+ examples) -> adapter, encoded once, persisted in
+the shared adapter store, a bounded set kept resident."""
 from __future__ import annotations
 
 import asyncio
@@ -12,18 +13,22 @@ from ray import serve
 from tagi_ray.serve.loading import load_for_serving
 from tagi_ray.adapters import export_peft
 from tagi_ray.base_ref import resolve_base
-from tagi_ray.serving import AdapterEntry, AdapterFactory, LruCache, checkpoint_hash
+from tagi_ray.adapter_store import AdapterStore, ResidentAdapters, default_store
+from tagi_ray.serving import AdapterEntry, AdapterFactory, checkpoint_hash
 
 
 @serve.deployment(max_ongoing_requests=64)
 class AdapterGenerator:
+    """Generates adapters and persists them in the shared AdapterStore, so every replica of
+    either deployment (and a restarted one) knows every adapter."""
+
     def __init__(self, checkpoint: str, serve_overrides: dict | None = None):
         self.checkpoint = str(Path(checkpoint).resolve())
         self.model, self.tokenizer, self.cfg = load_for_serving(self.checkpoint, serve_overrides)
-        self.factory = AdapterFactory(self.model, self.tokenizer, self.cfg, checkpoint_hash(self.checkpoint))
-        self.cache = LruCache(self.cfg.serve.adapter_cache_size)
-        # id -> request, kept (small strings) beyond the tensor cache so an evicted adapter can be rebuilt
-        self.requests = LruCache(self.cfg.serve.adapter_cache_size * 64)
+        ckpt_hash = checkpoint_hash(self.checkpoint)
+        self.factory = AdapterFactory(self.model, self.tokenizer, self.cfg, ckpt_hash)
+        store = AdapterStore(self.cfg.serve.adapter_store or default_store(ckpt_hash))
+        self.adapters = ResidentAdapters(store, self.cfg.serve.adapter_cache_size)
         self.generated = 0
         self._lock = asyncio.Lock()
 
@@ -34,30 +39,26 @@ class AdapterGenerator:
 
     async def _get_or_create(self, instruction: str, examples: list[dict]) -> tuple[AdapterEntry, bool]:
         aid = self.factory.adapter_id(instruction, examples)
-        entry = self.cache.get(aid)
+        entry = self.adapters.get(aid)
         if entry is not None:
             return entry, True
         async with self._lock:  # one hypernetwork pass at a time; a concurrent twin waits and hits
-            entry = self.cache.get(aid)
+            entry = self.adapters.get(aid)
             if entry is not None:
                 return entry, True
             entry = await asyncio.to_thread(self.factory.create, instruction, examples)
             self.generated += 1
-            self.cache.put(aid, entry)
-            self.requests.put(aid, (instruction, examples))
+            self.adapters.put(entry, {"instruction": instruction, "examples": examples})
             return entry, False
 
     async def create(self, instruction: str, examples: list[dict]) -> dict:
-        """Generate (or find) the adapter; returns its metadata."""
+        """Generate (or find, here or in the store) the adapter; returns its metadata."""
         entry, cached = await self._get_or_create(instruction, examples)
         return self._meta(entry, cached)
 
     async def get(self, adapter_id: str) -> AdapterEntry | None:
-        """The adapter's tensors (rebuilt if evicted); None for an id never created here."""
-        entry = self.cache.get(adapter_id)
-        if entry is None and adapter_id in self.requests:
-            entry, _ = await self._get_or_create(*self.requests.get(adapter_id))
-        return entry
+        """The adapter's tensors (resident or from the store); None for an unknown id."""
+        return self.adapters.get(adapter_id)
 
     async def info(self, adapter_id: str) -> dict | None:
         entry = await self.get(adapter_id)
@@ -77,4 +78,4 @@ class AdapterGenerator:
         return buf.getvalue()
 
     def stats(self) -> dict:
-        return {"generated": self.generated, "cache": self.cache.stats()}
+        return {"generated": self.generated, "cache": self.adapters.stats()}

@@ -40,8 +40,8 @@ def replica_gpus(total_gpus: float) -> dict[str, float]:
 def build_app(args: dict) -> Application:
     """Application builder (Serve config `args`): checkpoint (required), serve (overrides of the
     config's `serve:` section, e.g. {max_batch_size: 16}), num_cpus (CPUs per replica: one number
-    for every deployment, or {deployment name: CPUs}), num_gpus ({deployment name: GPUs});
-    serve/config.yaml sets them per deployment instead."""
+    for every deployment, or {deployment name: CPUs}), num_gpus ({deployment name: GPUs}),
+    num_replicas ({deployment name: replicas}); serve/config.yaml sets them per deployment instead."""
     checkpoint = args.get("checkpoint")
     if not checkpoint or not (Path(checkpoint) / HYPERNET_FILE).is_file():
         raise ValueError(f"args.checkpoint: {checkpoint!r} is not a TAGI checkpoint directory "
@@ -57,6 +57,8 @@ def build_app(args: dict) -> Application:
         deployments = {name: d.options(ray_actor_options={"num_cpus": float(per[name]),
                                                           "num_gpus": float(gpus.get(name, 0))}) if name in per else d
                        for name, d in deployments.items()}
+    for name, n in (args.get("num_replicas") or {}).items():
+        deployments[name] = deployments[name].options(num_replicas=int(n))
     generator = deployments["AdapterGenerator"].bind(checkpoint, overrides)
-    inference = deployments["InstanceInference"].bind(checkpoint, generator, overrides)
+    inference = deployments["InstanceInference"].bind(checkpoint, overrides)
     return deployments["TagiIngress"].bind(generator, inference, limits)

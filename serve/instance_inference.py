@@ -1,19 +1,21 @@
 """InstanceInference deployment: the base model; concurrent requests for *different* adapters
-are batched by `@serve.batch` into one batched-LoRA generation (never one forward per adapter)."""
+are batched by `@serve.batch` into one batched-LoRA generation (never one forward per adapter).
+Adapters come from the shared store (whichever generator replica created them), a bounded set
+resident per replica."""
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
 
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 
 from tagi_ray.serve.loading import load_for_serving
-from tagi_ray.serving import AdapterEntry, LruCache, generate_mixed
+from tagi_ray.adapter_store import AdapterStore, ResidentAdapters, default_store
+from tagi_ray.serving import AdapterEntry, checkpoint_hash, generate_mixed
 
 
 class UnknownAdapter(KeyError):
-    """The adapter id was never created by the generator."""
+    """No generator replica ever created this adapter id (it is not in the store)."""
 
 
 @dataclass
@@ -25,10 +27,10 @@ class _Item:
 
 @serve.deployment(max_ongoing_requests=256)
 class InstanceInference:
-    def __init__(self, checkpoint: str, generator: DeploymentHandle, serve_overrides: dict | None = None):
+    def __init__(self, checkpoint: str, serve_overrides: dict | None = None):
         self.model, self.tokenizer, self.cfg = load_for_serving(checkpoint, serve_overrides)
-        self.generator = generator
-        self.cache = LruCache(self.cfg.serve.adapter_cache_size)
+        store = AdapterStore(self.cfg.serve.adapter_store or default_store(checkpoint_hash(checkpoint)))
+        self.adapters = ResidentAdapters(store, self.cfg.serve.adapter_cache_size)
         self._batched.set_max_batch_size(self.cfg.serve.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.cfg.serve.batch_wait_timeout_s)
         self.forward_batches = 0
@@ -37,12 +39,10 @@ class InstanceInference:
         self.most_adapters_in_batch = 0
 
     async def _entry(self, adapter_id: str) -> AdapterEntry:
-        entry = self.cache.get(adapter_id)
+        """Resident, else loaded from the shared store (created by any generator replica)."""
+        entry = await asyncio.to_thread(self.adapters.get, adapter_id)
         if entry is None:
-            entry = await self.generator.get.remote(adapter_id)
-            if entry is None:
-                raise UnknownAdapter(adapter_id)
-            self.cache.put(adapter_id, entry)
+            raise UnknownAdapter(adapter_id)
         return entry
 
     async def generate(self, adapter_id: str, text: str, max_new_tokens: int) -> str:
@@ -63,4 +63,4 @@ class InstanceInference:
     def stats(self) -> dict:
         return {"forward_batches": self.forward_batches, "instances": self.instances,
                 "largest_batch": self.largest_batch, "most_adapters_in_batch": self.most_adapters_in_batch,
-                "cache": self.cache.stats()}
+                "cache": self.adapters.stats()}

@@ -61,9 +61,11 @@ def wait_until_running(app: str, timeout_s: float, cpus: dict[str, float]) -> No
 
 
 def start(checkpoint: str, host: str | None = None, port: int | None = None, overrides: dict | None = None,
-          num_cpus: float | None = None, address: str = "", app_name: str = APP_NAME, route_prefix: str = "/") -> str:
+          num_cpus: float | None = None, address: str = "", app_name: str = APP_NAME, route_prefix: str = "/",
+          num_replicas: dict[str, int] | None = None) -> str:
     """Deploy the app on the connected/started Ray cluster and wait until it runs; returns its
-    base URL. `num_cpus`: CPUs per replica of every deployment (default: sized to the cluster)."""
+    base URL. `num_cpus`: CPUs per replica of every deployment (default: sized to the cluster);
+    `num_replicas`: {deployment name: replicas} (default 1 each)."""
     from ray import serve
     from ray.serve.api import RunTarget
 
@@ -75,7 +77,7 @@ def start(checkpoint: str, host: str | None = None, port: int | None = None, ove
     cpus = {name: num_cpus for name in DEPLOYMENTS} if num_cpus is not None else replica_cpus(cluster.get("CPU", 1.0))
     serve.start(http_options={"host": host, "port": port})
     app = build_app({"checkpoint": checkpoint, "serve": overrides or {}, "num_cpus": cpus,
-                     "num_gpus": replica_gpus(cluster.get("GPU", 0.0))})
+                     "num_gpus": replica_gpus(cluster.get("GPU", 0.0)), "num_replicas": num_replicas or {}})
     serve.run_many([RunTarget(app, name=app_name, route_prefix=route_prefix)],
                    wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
     wait_until_running(app_name, limits["start_timeout_s"], cpus)

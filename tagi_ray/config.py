@@ -236,7 +236,10 @@ class ServeConfig(Section):
 
     host: Str = "127.0.0.1"  # loopback unless configured
     port: PosInt = 8000
-    adapter_cache_size: PosInt = 256  # adapters per replica (LRU)
+    adapter_cache_size: PosInt = 256  # adapters resident per replica (LRU); the rest load from the store
+    # where generated adapters persist, shared by every replica (a path all nodes mount on a cluster);
+    # "" = $TAGI_CACHE_DIR/adapters/<checkpoint hash>
+    adapter_store: Str = ""
     max_batch_size: PosInt = 32  # instances per forward, across adapters
     batch_wait_timeout_s: NonNegFloat = 0.01
     default_max_new_tokens: PosInt = 32

@@ -53,13 +53,14 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(ray_cluster, checkpoint):
+def server(ray_cluster, checkpoint, tmp_path_factory):
     from ray import serve
 
     from tagi_ray.serve.main import start
 
-    url = start(str(checkpoint), "127.0.0.1", _free_port(), overrides={"batch_wait_timeout_s": 0.2, "max_inputs": 8},
-                num_cpus=0.25)
+    store = tmp_path_factory.mktemp("adapter_store")
+    url = start(str(checkpoint), "127.0.0.1", _free_port(), num_cpus=0.25,
+                overrides={"batch_wait_timeout_s": 0.2, "max_inputs": 8, "adapter_store": str(store)})
     yield url
     serve.shutdown()
 
@@ -268,3 +269,52 @@ def test_serve_that_cannot_place_its_replicas_fails_in_bounded_time_naming_the_c
         time.sleep(0.5)
     assert "too_big" not in serve.status().applications  # removed, nothing left waiting for CPUs
     assert requests.get(f"{server}/healthz", timeout=30).json() == {"status": "ok"}  # the other app unharmed
+
+
+def test_adapters_live_in_a_store_every_replica_shares_and_a_restarted_replica_finds(server, checkpoint, library,
+                                                                                     tmp_path):
+    """Two apps over one adapter store: an adapter created through app a's generator serves
+    through app b (its own generator and 2 InstanceInference replicas never created it), also
+    after b's inference replicas are killed and restarted by Serve."""
+    import ray
+    from ray import serve
+
+    def inference_replicas() -> set[str]:
+        return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["namespace"] == "serve" and "b#InstanceInference" in a["name"]}
+
+    from tagi_ray.serve.main import start
+
+    port = int(server.rsplit(":", 1)[1])
+    overrides = {"adapter_store": str(tmp_path / "store"), "batch_wait_timeout_s": 0.05}
+    try:
+        start(str(checkpoint), "127.0.0.1", port, overrides, num_cpus=0.1, app_name="a", route_prefix="/a")
+        start(str(checkpoint), "127.0.0.1", port, overrides, num_cpus=0.1, app_name="b", route_prefix="/b",
+              num_replicas={"InstanceInference": 2})
+        definition, examples = TASKS[0]
+        created = _post(server, "/a/v1/adapters", {"instruction": definition, "examples": examples}).json()
+        aid = created["adapter_id"]
+        assert (tmp_path / "store" / aid / "adapter.safetensors").is_file()
+        assert requests.get(f"{server}/b/v1/adapters/{aid}", timeout=60).json()["adapter_id"] == aid
+        expected = library[3](definition, examples, INPUTS)
+        body = {"adapter_id": aid, "inputs": INPUTS, "max_new_tokens": MAX_NEW}
+        assert _post(server, "/b/v1/generate", body).json()["outputs"] == expected
+        replicas = inference_replicas()
+        assert len(replicas) == 2, replicas
+        for name in replicas:
+            ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+        deadline = time.monotonic() + 90
+        while True:  # Serve replaces the dead replicas; they load the adapter from the store
+            try:
+                r = _post(server, "/b/v1/generate", body)
+                if r.status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, "b did not recover"
+            time.sleep(1)
+        assert r.json()["outputs"] == expected
+        assert inference_replicas().isdisjoint(replicas)  # new replicas, not the killed ones
+    finally:
+        for app in ("a", "b"):
+            serve.delete(app)
