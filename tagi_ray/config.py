@@ -201,6 +201,7 @@ class DataConfig(Section):
 
     source: Str = "builtin"  # "builtin" (word rules), "lexicon" (word categories) or an SNI-layout directory
     builtin_seed: Int = 0
+    builtin_tasks: NonNegInt = 0  # source builtin: training tasks (0 = the standard 46; more are generated)
     prompt: Str = "def+2pos"  # "def" or "def+<k>pos"
     max_instances_per_task: PosInt = 64
     max_eval_instances: PosInt = 100  # first N of each test task

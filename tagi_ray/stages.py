@@ -2,6 +2,7 @@
 the task table (`<run>/data/tasks.parquet`) and the frozen base (`<run>/base/`)."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,7 +20,8 @@ def ensure_data(cfg: TagiConfig, run: RunDir) -> pa.Table:
     """The run's task table: read it if present, else build it from the configured source."""
     if run.table.is_file():
         return read_table(run.table)
-    generated = {"builtin": write_suite, "lexicon": write_lexicon}.get(cfg.data.source)
+    generated = {"builtin": partial(write_suite, n_train=cfg.data.builtin_tasks),
+                 "lexicon": write_lexicon}.get(cfg.data.source)
     sni_dir = (generated(run.root / "data" / "sni", seed=cfg.data.builtin_seed) if generated
                else Path(cfg.data.source))
     table, errors = build_table(sni_dir, ("train", "test"), cfg.data.max_instances_per_task,

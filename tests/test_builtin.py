@@ -48,3 +48,18 @@ def test_balanced_labels_for_classification_tasks():
         outs = [i["output"][0] for i in task["Instances"]]
         if set(outs) <= {"yes", "no"} or set(outs) <= {"even", "odd"}:
             assert len(set(outs)) == 2 and abs(outs.count(outs[0]) - 20) <= 1
+
+
+def test_a_fleet_of_756_distinct_training_tasks_keeps_the_held_out_tasks_unseen():
+    from tagi_ray.data.builtin import build_suite, fleet_rules, rule_string
+
+    suite = build_suite(seed=0, n_instances=4, n_train=756)
+    assert len(suite["train"]) == 756 and len(suite["test"]) == len(TEST_RULES)
+    rules = [t["Rule"] for t in suite["train"].values()]
+    assert len(set(rules)) == 756 and len({t["Definition"][0] for t in suite["train"].values()}) == 756
+    assert rules[:len(TRAIN_RULES)] == [rule_string(r) for r in TRAIN_RULES]  # the standard suite first
+    assert set(rules).isdisjoint({rule_string(r) for r in TEST_RULES})
+    reserved = {op.rule for r in TEST_RULES if len(r) == 1 for op in r}  # held-out parameter values
+    fleet = fleet_rules(800)
+    assert not any(op.rule in reserved for r in fleet for op in r)
+    assert build_suite(seed=0, n_instances=4, n_train=756)["train"].keys() == suite["train"].keys()

@@ -248,17 +248,70 @@ def _task_name(number: int, ops: tuple[Op, ...]) -> str:
     return f"task{number}_builtin_{slug}"
 
 
-def build_suite(seed: int = 0, n_instances: int = 64) -> dict[str, dict[str, dict]]:
-    """{"train": {name: task_json}, "test": {name: task_json}}, deterministic in `seed`."""
+# ---- a larger fleet of training tasks (scale tests: hundreds of teachers) --------------------
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+SUFFIXES = ("s", "ed", "er", "ing", "y", "est", "ful", "ish")
+
+
+def _list_ops() -> list[Op]:
+    """Every parameterised word-list -> word-list operation."""
+    ops = [reverse(), sort_words(), capitalize()]
+    ops += [f(k) for f in (first_k, last_k) for k in range(1, 6)]
+    ops += [f(c) for f in (drop_with_letter, keep_with_letter, upper_letter) for c in LETTERS]
+    ops += [add_suffix(x) for x in SUFFIXES]
+    ops += [replace_letter(a, b) for a in "aeiou" for b in LETTERS if a != b]
+    return ops
+
+
+def _final_ops() -> list[Op]:
+    """Every parameterised operation that ends a rule (including the list ones)."""
+    ops = _list_ops() + [longest(), count_words(), parity()]
+    ops += [nth(k) for k in range(1, 6)]
+    ops += [f(c) for f in (count_letter, count_with_letter, contains, first_starting) for c in LETTERS]
+    return ops
+
+
+def fleet_rules(n_train: int, seed: int = 0) -> list[tuple[Op, ...]]:
+    """TRAIN_RULES followed by seeded extra rules (single operations and compositions of two) up
+    to `n_train` candidates, none a held-out rule and none using a held-out task's own
+    parameter value (its single-operation rules), so held-out tasks stay unseen."""
+    if n_train <= len(TRAIN_RULES):
+        return TRAIN_RULES[:max(n_train, 0) or len(TRAIN_RULES)]
+    reserved = {op.rule for r in TEST_RULES if len(r) == 1 for op in r}
+    taken = {rule_string(r) for r in TRAIN_RULES + TEST_RULES}
+    candidates = [(op,) for op in _final_ops()] + [(a, b) for a in _list_ops() for b in _final_ops()]
+    random.Random(f"fleet:{seed}").shuffle(candidates)
+    rules = list(TRAIN_RULES)
+    for ops in candidates:
+        if len(rules) == n_train:
+            break
+        if rule_string(ops) in taken or any(op.rule in reserved for op in ops):
+            continue
+        taken.add(rule_string(ops))
+        rules.append(ops)
+    return rules
+
+
+def build_suite(seed: int = 0, n_instances: int = 64, n_train: int = 0) -> dict[str, dict[str, dict]]:
+    """{"train": {name: task_json}, "test": {name: task_json}}, deterministic in `seed`.
+    `n_train` > the standard 46 training tasks adds generated ones (`fleet_rules`); a rule
+    for which no valid instances exist is skipped, so the fleet may come out a few short."""
     suite: dict[str, dict[str, dict]] = {"train": {}, "test": {}}
-    for split, rules, base in (("train", TRAIN_RULES, 9000), ("test", TEST_RULES, 9500)):
+    train = fleet_rules(n_train + n_train // 10, seed) if n_train > len(TRAIN_RULES) else TRAIN_RULES
+    for split, rules, base in (("train", train, 9000), ("test", TEST_RULES, 9500)):
         for i, ops in enumerate(rules, start=1):
-            name = _task_name(base + i, ops)
+            if split == "train" and n_train > len(TRAIN_RULES) and len(suite["train"]) == n_train:
+                break
+            name = _task_name(base + i if i <= len(TRAIN_RULES) or split == "test" else 20000 + i, ops)
             rng = random.Random(f"{seed}:{name}")
-            suite[split][name] = make_task(ops, name, n_instances, rng)
+            try:
+                suite[split][name] = make_task(ops, name, n_instances, rng)
+            except RuntimeError:
+                if split == "test" or i <= len(TRAIN_RULES):
+                    raise
     return suite
 
 
-def write_suite(out_dir: str | Path, seed: int = 0, n_instances: int = 64) -> Path:
+def write_suite(out_dir: str | Path, seed: int = 0, n_instances: int = 64, n_train: int = 0) -> Path:
     """Write the suite in the SNI layout: tasks/*.json, train_tasks.txt, test_tasks.txt."""
-    return write_sni_layout(build_suite(seed, n_instances), out_dir)
+    return write_sni_layout(build_suite(seed, n_instances, n_train), out_dir)
