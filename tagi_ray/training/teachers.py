@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+import resource
 import socket
 import time
 from collections.abc import Sequence
@@ -255,7 +256,8 @@ def teacher_worker_loop(config: dict, ctx: WorkerContext) -> None:
                        "base_rougeL": base_scores[t.name]["rougeL"], "base_exact_match": base_scores[t.name]["exact_match"],
                        "held_back_loss": teacher_loss[t.name], "base_held_back_loss": base_loss[t.name],
                        "seconds": result.seconds / len(pack), "worker": rank, "host": socket.gethostname(),
-                       "time": time.time(), "rank": cfg.lora.rank}
+                       "time": time.time(), "rank": cfg.lora.rank,
+                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
                 own = weights.select(pack.index(t)).detach()
                 extra = None
                 if cfg.teachers.logits_topk and cfg.loss.uses_kl:
