@@ -165,6 +165,9 @@ class TeacherConfig(Section):
     pack_size: PosInt = 16  # K tasks trained together
     lr: PosFloat = 3e-3
     batch_per_task: PosInt = 4  # examples of each task per step
+    # a step's examples in chunks of this many, sorted by length, gradients accumulated (the same
+    # gradient; less padding and activation memory when a pack's lengths differ); 0 = one batch
+    micro_batch: NonNegInt = 0
     held_back: PosInt = 8  # training instances per task held back from the teacher, to score it
     eval_batch_size: PosInt = 32  # held-back instances per forward when scoring teachers
     # L_kl: each teacher's distributions on its task's instances stored once as the top k

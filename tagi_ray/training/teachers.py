@@ -91,6 +91,42 @@ class PackResult:
     seconds: float = 0.0
 
 
+def pack_backward(model: TagiModel, tokenizer, cfg: TagiConfig, bank: LoraBank, examples: Sequence[Example],
+                  ids: Sequence[int], dead: set[int], nan_row: int | None = None) -> torch.Tensor:
+    """Backward of one packed step: the sum over bank rows of each row's mean per-example token
+    CE. With `teachers.micro_batch` > 0 the examples go in chunks of that many, sorted by length
+    (each chunk padded to its own longest row: less padding, less activation memory) with
+    gradients accumulated: the same gradient as one batch. Rows in `dead` are left out; a row
+    whose loss is not finite joins `dead`. Returns the per-row losses (k,), detached."""
+    device = next(model.parameters()).device
+    k = bank.k
+    per_row = torch.tensor(list(ids), dtype=torch.long)
+    n_row = torch.bincount(per_row, minlength=k).clamp(min=1).to(device)
+    size = cfg.teachers.micro_batch or len(examples)
+    order = sorted(range(len(examples)), key=lambda j: len(examples[j].source) + len(examples[j].target)) \
+        if cfg.teachers.micro_batch else list(range(len(examples)))
+    losses = torch.zeros(k, device=device)
+    for start in range(0, len(order), size):
+        part = order[start:start + size]
+        rows = per_row[part].to(device)
+        batch = make_batch(model, tokenizer, [examples[j] for j in part], cfg.model, with_prompt=False,
+                           task_ids=rows.tolist()).to(device)
+        logits, labels, at = model.label_logits(batch.input_ids, batch.attention_mask, batch.labels, bank.weights(),
+                                                batch.task_ids, fuse=False)  # weights() per chunk: its own graph
+        per_ex = per_example_loss(logits, labels, at, len(part)) / n_row[rows]
+        if nan_row is not None:
+            per_ex = torch.where(rows == nan_row, torch.nan, per_ex)
+        bad = ~torch.isfinite(per_ex.detach())
+        dead.update(rows[bad].tolist())
+        keep = torch.tensor([int(r) not in dead for r in rows.tolist()], device=device)
+        losses.index_add_(0, rows, torch.where(keep, per_ex.detach(), torch.zeros_like(per_ex)))
+        if bool(keep.any()):
+            per_ex[keep].sum().backward()
+    for r in dead:
+        losses[r] = torch.nan
+    return losses
+
+
 def train_pack(model: TagiModel, tokenizer, cfg: TagiConfig, tasks: Sequence[TaskData], seed: int,
                nan_task: str | None = None, desc: str | None = None) -> PackResult:
     """Train len(tasks) teachers together. `nan_task` (tests) poisons one task's loss with NaN;
@@ -100,40 +136,31 @@ def train_pack(model: TagiModel, tokenizer, cfg: TagiConfig, tasks: Sequence[Tas
     bank = LoraBank(model.targets, k, cfg.lora.rank, seed=seed).to(device)
     opt = torch.optim.AdamW(bank.parameters(), lr=tcfg.lr, weight_decay=0.0)
     rng = random.Random(seed)
-    alive = [bool(t.train) for t in tasks]
     result = PackResult(bank)
-    for i, t in enumerate(tasks):
-        if not t.train:
-            result.failed[t.name] = "no training instances"
+    dead = {i for i, t in enumerate(tasks) if not t.train}
+    for i in dead:
+        result.failed[tasks[i].name] = "no training instances"
+    nan_row = next((i for i, t in enumerate(tasks) if t.name == nan_task), None)
     start, last = time.time(), torch.zeros(k)
-    for _ in tqdm(range(tcfg.steps), desc=desc or "pack", unit="step", leave=False, mininterval=10.0,
-                  disable=desc is None, dynamic_ncols=True):
-        rows = [i for i in range(k) if alive[i]]
+    for step in tqdm(range(tcfg.steps), desc=desc or "pack", unit="step", leave=False, mininterval=10.0,
+                     disable=desc is None, dynamic_ncols=True):
+        rows = [i for i in range(k) if i not in dead]
         if not rows:
             break
         examples, ids = [], []
         for i in rows:
             examples += [rng.choice(tasks[i].train) for _ in range(tcfg.batch_per_task)]
             ids += [i] * tcfg.batch_per_task
-        batch = make_batch(model, tokenizer, examples, cfg.model, with_prompt=False, task_ids=ids).to(device)
-        logits, labels, at = model.label_logits(batch.input_ids, batch.attention_mask, batch.labels, bank.weights(),
-                                                batch.task_ids, fuse=False)
-        losses = per_task_loss(logits, labels, at, batch.task_ids, k)
-        if nan_task is not None:
-            losses = torch.where(torch.tensor([t.name == nan_task for t in tasks], device=device), torch.nan, losses)
-        for i in rows:
-            if not math.isfinite(float(losses[i].detach())):
-                alive[i] = False
-                result.failed[tasks[i].name] = f"non-finite loss ({float(losses[i])}) at step {_}"
-        keep = torch.tensor(alive, device=device)
-        if not bool(keep.any()):
-            break
-        loss = losses[keep].sum()  # sum over tasks: each row's gradient is its own task's mean loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        before = set(dead)
+        losses = pack_backward(model, tokenizer, cfg, bank, examples, ids, dead, nan_row)
+        for i in sorted(dead - before):
+            result.failed[tasks[i].name] = f"non-finite loss ({float(losses[i])}) at step {step}"
+        if len(dead) == k:
+            break
         opt.step()
-        last = losses.detach().cpu()
-    result.final_loss = {t.name: float(last[i]) for i, t in enumerate(tasks) if alive[i]}
+        last = losses.cpu()
+    result.final_loss = {t.name: float(last[i]) for i, t in enumerate(tasks) if i not in dead}
     result.seconds = time.time() - start
     return result
 
