@@ -1,5 +1,6 @@
-"""Serving primitives without Ray: adapter ids, an LRU cache, adapter creation, and one greedy
-generation over requests that carry *different* adapters (the batched-LoRA mechanism).
+"""Serving primitives without Ray: adapter ids, an LRU cache, adapter creation, and one
+generation over requests that carry *different* adapters (the batched-LoRA mechanism), each
+with its own decoding options (greedy by default).
 
     factory = AdapterFactory(model, tokenizer, cfg, checkpoint_hash(ckpt))
     entry = factory.create("Reverse the words.", examples=[{"input": .., "output": ..}])
@@ -21,6 +22,7 @@ import torch
 from tagi_ray.batching import dedup, prompt_batch
 from tagi_ray.config import TagiConfig
 from tagi_ray.data.prompts import instance_text, instruction_text
+from tagi_ray.decoding import GREEDY, Decoding, cut_at_stop, generate_options
 from tagi_ray.inference import generate_adapters
 from tagi_ray.lora import LoraWeights
 from tagi_ray.tagi import Instruction, TagiModel
@@ -115,12 +117,15 @@ class AdapterFactory:
 
 @torch.no_grad()
 def generate_mixed(model: TagiModel, tokenizer, cfg: TagiConfig, entries: Sequence[AdapterEntry],
-                   inputs: Sequence[str], max_new_tokens: Sequence[int]) -> list[str]:
-    """Greedy answers for instances that each carry their own adapter, in ONE batched generation:
+                   inputs: Sequence[str], max_new_tokens: Sequence[int],
+                   decoding: Sequence[Decoding] | None = None) -> list[str]:
+    """Answers for instances that each carry their own adapter, in ONE batched generation:
     distinct adapters are stacked, every instance gathers its own row (no loop over adapters).
-    `entries[i]` is instance i's adapter; each output is cut at its own max_new_tokens."""
-    if not (len(entries) == len(inputs) == len(max_new_tokens)):
-        raise ValueError("entries, inputs and max_new_tokens must have the same length")
+    `entries[i]` is instance i's adapter; each output is cut at its own max_new_tokens.
+    `decoding[i]`: instance i's sampling options and stop strings (default greedy; `decoding.py`)."""
+    decoding = list(decoding) if decoding is not None else [GREEDY] * len(inputs)
+    if not (len(entries) == len(inputs) == len(max_new_tokens) == len(decoding)):
+        raise ValueError("entries, inputs, max_new_tokens and decoding must have the same length")
     device = model.device
     by_id = {e.adapter_id: e for e in entries}
     ids, index = dedup([e.adapter_id for e in entries])
@@ -130,5 +135,6 @@ def generate_mixed(model: TagiModel, tokenizer, cfg: TagiConfig, entries: Sequen
     ids, mask = prompt_batch(tokenizer, model.is_encoder_decoder, [instance_text(x) for x in inputs],
                              cfg.model.max_source_length)
     tokens = model.generate(ids.to(device), mask.to(device), weights, index, instruction,
-                            max_new_tokens=max(max_new_tokens))
-    return tokenizer.batch_decode([t[:n] for t, n in zip(tokens, max_new_tokens)], skip_special_tokens=True)
+                            max_new_tokens=max(max_new_tokens), **generate_options(tokenizer, decoding))
+    texts = tokenizer.batch_decode([t[:n] for t, n in zip(tokens, max_new_tokens)], skip_special_tokens=True)
+    return [cut_at_stop(t, d.stop) for t, d in zip(texts, decoding)]

@@ -1,0 +1,122 @@
+"""Per-row decoding options for one batched generation: every row may sample with its own
+temperature / top-k / top-p and its own seeded generator, and stop at its own strings, while
+rows (each with its own adapter) still share every forward pass.
+
+transformers' `generate` runs greedy; `RowSampler` (a LogitsProcessor) replaces each sampling
+row's scores by a one-hot on the token it drew from its own `torch.Generator`, so the greedy pick
+is that token; greedy rows pass through untouched. A row's draws depend only on its seed and its
+own logits, never on the other rows of the batch: the same request with the same seed gives the
+same text alone or in any mixed batch. `RowStopper` (a StoppingCriteria) ends a row once its
+text contains one of its stop strings; `cut_at_stop` trims the text before the stop string
+(OpenAI's convention).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessor, StoppingCriteria
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """One row's options. temperature 0 = greedy (then top_p, top_k and seed do nothing)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no limit
+    seed: int | None = None  # None = a fresh random seed
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k: must be >= 0, got {self.top_k}")
+
+    @property
+    def sampled(self) -> bool:
+        return self.temperature > 0
+
+
+GREEDY = Decoding()
+
+
+def _filter(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """One row's logits with everything outside top-k and the top-p nucleus set to -inf."""
+    if top_k and top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        ordered, idx = torch.sort(scores, descending=True)
+        cum = torch.softmax(ordered, dim=-1).cumsum(-1)
+        drop = cum - torch.softmax(ordered, dim=-1) >= top_p  # keep the smallest prefix reaching top_p
+        scores = scores.masked_fill(torch.zeros_like(drop).scatter(0, idx, drop), float("-inf"))
+    return scores
+
+
+class RowSampler(LogitsProcessor):
+    """Per-row temperature / top-k / top-p sampling with per-row seeded generators (see module)."""
+
+    def __init__(self, rows: Sequence[Decoding]):
+        self.rows = list(rows)
+        self.generators: list[torch.Generator | None] = []
+        for d in self.rows:
+            if not d.sampled:
+                self.generators.append(None)
+                continue
+            g = torch.Generator()
+            g.manual_seed(d.seed if d.seed is not None else int(torch.randint(0, 2**62, (1,))))
+            self.generators.append(g)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if len(self.rows) != scores.shape[0]:
+            raise ValueError(f"RowSampler: {len(self.rows)} rows of options for a batch of {scores.shape[0]}")
+        out = scores
+        for i, (d, g) in enumerate(zip(self.rows, self.generators)):
+            if g is None:
+                continue
+            logits = _filter(scores[i].float() / d.temperature, d.top_k, d.top_p)
+            token = torch.multinomial(torch.softmax(logits, dim=-1).cpu(), 1, generator=g).item()
+            if out is scores:
+                out = scores.clone()
+            out[i] = float("-inf")
+            out[i, token] = 0.0
+        return out
+
+
+class RowStopper(StoppingCriteria):
+    """Done per row once its generated text contains one of its stop strings."""
+
+    def __init__(self, tokenizer, rows: Sequence[Decoding]):
+        self.tokenizer, self.stops = tokenizer, [d.stop for d in rows]
+        self.start: int | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        if self.start is None:  # first call: one new token after the prompt
+            self.start = input_ids.shape[1] - 1
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for i, stops in enumerate(self.stops):
+            if stops:
+                text = self.tokenizer.decode(input_ids[i, self.start:], skip_special_tokens=True)
+                done[i] = any(s in text for s in stops)
+        return done
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """The text up to (not including) the first occurrence of any stop string."""
+    cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+def generate_options(tokenizer, rows: Sequence[Decoding]) -> dict:
+    """Keyword arguments for `TagiModel.generate` (none when every row is greedy without stops)."""
+    options: dict = {}
+    if any(d.sampled for d in rows):
+        options["logits_processor"] = [RowSampler(rows)]
+    if any(d.stop for d in rows):
+        options["stopping_criteria"] = [RowStopper(tokenizer, rows)]
+    return options
