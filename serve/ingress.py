@@ -3,8 +3,10 @@
     POST /v1/adapters              {instruction, examples?} -> {adapter_id, rank, modules, cached}
     GET  /v1/adapters/{id}         metadata
     GET  /v1/adapters/{id}/peft    the adapter as a PEFT directory (.tar.gz)
-    POST /v1/generate              {adapter_id | instruction (+examples), inputs, max_new_tokens?}
-    POST /v1/completions           OpenAI-style: model = adapter id, prompt = str | [str]
+    POST /v1/generate              {adapter_id | instruction (+examples), inputs, max_new_tokens?,
+                                    temperature?, top_p?, top_k?, seed?, stop?}  (greedy by default)
+    POST /v1/completions           OpenAI-style: model = adapter id, prompt = str | [str], the same
+                                   sampling options; unsupported OpenAI options -> 422 naming them
     GET  /v1/stats                 batching and cache counters of both deployments
     GET  /healthz
 """
@@ -18,8 +20,9 @@ from fastapi.responses import Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from tagi_ray.serve.schemas import (AdapterRequest, CompletionRequest, GenerateRequest, inputs_errors, instruction_errors,
-                           raise_if)
+from tagi_ray.decoding import GREEDY, Decoding
+from tagi_ray.serve.schemas import (AdapterRequest, CompletionRequest, GenerateRequest, inputs_errors,
+                                    instruction_errors, raise_if, stop_errors)
 from tagi_ray.config import ServeConfig
 
 app = FastAPI(title="tagi-ray", description="Instruction -> LoRA adapter (TAGI) and inference with it.")
@@ -39,9 +42,10 @@ class TagiIngress:
                                               f"{adapter_id!r} (create it with POST /v1/adapters)", "type": "unknown"}])
         return meta
 
-    async def _run(self, adapter_id: str, inputs: list[str], max_new: int | None) -> list[str]:
+    async def _run(self, adapter_id: str, inputs: list[str], max_new: int | None,
+                   decoding: Decoding = GREEDY) -> list[str]:
         n = max_new or self.limits.default_max_new_tokens
-        return await asyncio.gather(*[self.inference.generate.remote(adapter_id, x, n) for x in inputs])
+        return await asyncio.gather(*[self.inference.generate.remote(adapter_id, x, n, decoding) for x in inputs])
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
@@ -72,20 +76,22 @@ class TagiIngress:
             raise_if([{"loc": ["body", "examples"], "type": "extra",
                        "msg": "examples: only with an instruction (an adapter id already includes them)"}])
         raise_if(instruction_errors(req.instruction, req.examples, self.limits)
-                 + inputs_errors(req.inputs, req.max_new_tokens, self.limits))
+                 + inputs_errors(req.inputs, req.max_new_tokens, self.limits) + stop_errors(req.stop))
         if req.adapter_id is not None:
             adapter_id = (await self._known(req.adapter_id))["adapter_id"]
         else:  # generated once, reused for every input of the request
             meta = await self.generator.create.remote(req.instruction, [e.model_dump() for e in req.examples])
             adapter_id = meta["adapter_id"]
-        return {"adapter_id": adapter_id, "outputs": await self._run(adapter_id, req.inputs, req.max_new_tokens)}
+        return {"adapter_id": adapter_id,
+                "outputs": await self._run(adapter_id, req.inputs, req.max_new_tokens, req.decoding())}
 
     @app.post("/v1/completions")
     async def completions(self, req: CompletionRequest) -> dict:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        raise_if(inputs_errors(prompts, req.max_tokens, self.limits, names=("prompt", "max_tokens")))
+        raise_if(req.unsupported_errors() + stop_errors(req.stop)
+                 + inputs_errors(prompts, req.max_tokens, self.limits, names=("prompt", "max_tokens")))
         await self._known(req.model, field="model")
-        outputs = await self._run(req.model, prompts, req.max_tokens)
+        outputs = await self._run(req.model, prompts, req.max_tokens, req.decoding())
         return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
                 "model": req.model,
                 "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": "stop"}

@@ -11,6 +11,7 @@ from ray import serve
 
 from tagi_ray.serve.loading import load_for_serving
 from tagi_ray.adapter_store import AdapterStore, ResidentAdapters, default_store
+from tagi_ray.decoding import GREEDY, Decoding
 from tagi_ray.serving import AdapterEntry, checkpoint_hash, generate_mixed
 
 
@@ -23,6 +24,7 @@ class _Item:
     entry: AdapterEntry
     text: str
     max_new_tokens: int
+    decoding: Decoding
 
 
 @serve.deployment(max_ongoing_requests=256)
@@ -45,10 +47,11 @@ class InstanceInference:
             raise UnknownAdapter(adapter_id)
         return entry
 
-    async def generate(self, adapter_id: str, text: str, max_new_tokens: int) -> str:
-        """One instance; joins whatever other requests arrive within the batch window."""
+    async def generate(self, adapter_id: str, text: str, max_new_tokens: int, decoding: Decoding = GREEDY) -> str:
+        """One instance; joins whatever other requests arrive within the batch window (each row
+        keeps its own decoding options)."""
         entry = await self._entry(adapter_id)
-        return await self._batched(_Item(entry, text, max_new_tokens))
+        return await self._batched(_Item(entry, text, max_new_tokens, decoding))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _batched(self, items: list[_Item]) -> list[str]:
@@ -58,7 +61,7 @@ class InstanceInference:
         self.most_adapters_in_batch = max(self.most_adapters_in_batch, len({i.entry.adapter_id for i in items}))
         return await asyncio.to_thread(generate_mixed, self.model, self.tokenizer, self.cfg,
                                        [i.entry for i in items], [i.text for i in items],
-                                       [i.max_new_tokens for i in items])
+                                       [i.max_new_tokens for i in items], [i.decoding for i in items])
 
     def stats(self) -> dict:
         return {"forward_batches": self.forward_batches, "instances": self.instances,

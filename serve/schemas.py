@@ -9,6 +9,7 @@ from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from tagi_ray.config import ServeConfig
+from tagi_ray.decoding import Decoding
 
 
 class Example(BaseModel):
@@ -25,7 +26,22 @@ class AdapterRequest(BaseModel):
     examples: list[Example] = Field(default_factory=list, description="positive examples (Def+kPos)")
 
 
-class GenerateRequest(BaseModel):
+class Sampling(BaseModel):
+    """Decoding options (OpenAI's names and ranges); all unset = greedy."""
+
+    temperature: float | None = Field(None, ge=0, le=2, description="0 or unset: greedy")
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: StrictInt | None = Field(None, ge=0, description="0 or unset: no limit")
+    seed: StrictInt | None = Field(None, description="same seed, same output (also inside a mixed batch)")
+    stop: StrictStr | list[StrictStr] | None = Field(None, description="up to 4 strings; the text ends before them")
+
+    def decoding(self) -> Decoding:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return Decoding(temperature=self.temperature or 0.0, top_p=self.top_p or 1.0, top_k=self.top_k or 0,
+                        seed=self.seed, stop=tuple(x for x in stop if x))
+
+
+class GenerateRequest(Sampling):
     model_config = ConfigDict(extra="forbid")
     adapter_id: StrictStr | None = None
     instruction: StrictStr | None = None
@@ -34,14 +50,31 @@ class GenerateRequest(BaseModel):
     max_new_tokens: StrictInt | None = None
 
 
-class CompletionRequest(BaseModel):
-    """OpenAI-style completion: `model` is an adapter id; decoding is greedy (sampling options
-    an OpenAI client may send are accepted and ignored)."""
+# OpenAI completion fields this server does not implement: accepted only at their defaults
+UNSUPPORTED = {"n": 1, "best_of": 1, "logprobs": None, "echo": False, "suffix": None, "presence_penalty": 0,
+               "frequency_penalty": 0, "logit_bias": None, "stream": False, "stream_options": None}
 
-    model_config = ConfigDict(extra="ignore")
+
+class CompletionRequest(Sampling):
+    """OpenAI-style completion: `model` is an adapter id. Sampling options are honoured; an
+    OpenAI option this server does not implement, set to anything but its default, is a 422
+    naming it (never silently ignored); any other unknown field too."""
+
+    model_config = ConfigDict(extra="allow")
     model: StrictStr
     prompt: StrictStr | list[StrictStr]
     max_tokens: StrictInt | None = None
+    user: StrictStr | None = None  # accepted (OpenAI: an end-user id), not used
+
+    def unsupported_errors(self) -> list[dict]:
+        errors = []
+        for name, value in (self.model_extra or {}).items():
+            if name not in UNSUPPORTED:
+                errors.append({"loc": ["body", name], "msg": f"{name}: unknown field", "type": "extra_forbidden"})
+            elif value != UNSUPPORTED[name] and not (name == "logit_bias" and value == {}):
+                errors.append({"loc": ["body", name], "type": "unsupported",
+                               "msg": f"{name}: {value!r} is not supported by this server (only {UNSUPPORTED[name]!r})"})
+        return errors
 
 
 def _error(field: str, msg: str) -> dict:
@@ -78,6 +111,12 @@ def inputs_errors(inputs: list[str], max_new: int | None, limits: ServeConfig, n
     if max_new is not None and not 1 <= max_new <= limits.max_new_tokens_limit:
         errors.append(_error(names[1], f"{max_new} is out of range [1, {limits.max_new_tokens_limit}]"))
     return errors
+
+
+def stop_errors(stop: str | list[str] | None) -> list[dict]:
+    if isinstance(stop, list) and len(stop) > 4:
+        return [_error("stop", f"{len(stop)} strings, at most 4 allowed")]
+    return []
 
 
 def raise_if(errors: list[dict]) -> None:

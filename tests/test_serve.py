@@ -124,6 +124,16 @@ def test_adapter_generate_peft_and_completions(server, library, tmp_path):
     client = openai.OpenAI(base_url=f"{server}/v1", api_key="not-needed")
     completion = client.completions.create(model=aid, prompt=INPUTS[:2], max_tokens=MAX_NEW)
     assert [c.text for c in completion.choices] == expected[:2]
+    # sampling through the openai client: seeded = reproducible, other seeds differ, stop honoured
+    sample = lambda seed: [c.text for c in client.completions.create(  # noqa: E731
+        model=aid, prompt=INPUTS[:2], max_tokens=MAX_NEW, temperature=1.0, top_p=0.95, seed=seed).choices]
+    assert sample(3) == sample(3) and len({tuple(sample(s)) for s in range(4)}) > 1
+    stop = expected[0][1:3]
+    stopped = client.completions.create(model=aid, prompt=INPUTS[0], max_tokens=MAX_NEW, stop=[stop])
+    assert stopped.choices[0].text == expected[0][:expected[0].find(stop)]
+    with pytest.raises(openai.UnprocessableEntityError) as err:
+        client.completions.create(model=aid, prompt="a", n=2)
+    assert "n: 2 is not supported" in err.value.response.text
 
 
 def _fresh_base(cfg, adapter_dir):
@@ -167,6 +177,14 @@ MALFORMED = [
     ("/v1/completions", {"model": "x", "prompt": []}, "prompt"),
     ("/v1/completions", {"model": "x", "prompt": "a", "max_tokens": -1}, "max_tokens"),
     ("/v1/completions", {"model": "x", "prompt": ["a"] * 9}, "prompt"),
+    ("/v1/completions", {"model": "x", "prompt": "a", "logprobs": 3}, "logprobs"),
+    ("/v1/completions", {"model": "x", "prompt": "a", "presence_penalty": 0.5}, "presence_penalty"),
+    ("/v1/completions", {"model": "x", "prompt": "a", "frobnicate": 1}, "frobnicate"),
+    ("/v1/completions", {"model": "x", "prompt": "a", "temperature": 3}, "temperature"),
+    ("/v1/completions", {"model": "x", "prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ("/v1/generate", {"instruction": "ok", "inputs": ["a"], "top_p": 0}, "top_p"),
+    ("/v1/generate", {"instruction": "ok", "inputs": ["a"], "top_k": -1}, "top_k"),
+    ("/v1/generate", {"instruction": "ok", "inputs": ["a"], "n": 2}, "n"),
 ]
 
 
