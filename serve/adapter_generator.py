@@ -60,6 +60,15 @@ class AdapterGenerator:
         """The adapter's tensors (resident or from the store); None for an unknown id."""
         return self.adapters.get(adapter_id)
 
+    async def models(self) -> list[dict]:
+        """OpenAI model objects: the base, then every adapter in the shared store (oldest first),
+        the same from every replica."""
+        base = {"id": self.cfg.model.name, "object": "model", "created": 0, "owned_by": "tagi-ray", "root": None}
+        metas = [self.adapters.store.meta(i) for i in self.adapters.store.ids()]
+        return [base] + [{"id": m["adapter_id"], "object": "model", "created": int(m["created"]),
+                          "owned_by": "tagi-ray", "root": self.cfg.model.name, "parent": self.cfg.model.name}
+                         for m in metas if m]
+
     async def info(self, adapter_id: str) -> dict | None:
         entry = await self.get(adapter_id)
         return None if entry is None else self._meta(entry, True)

@@ -7,6 +7,7 @@
                                     temperature?, top_p?, top_k?, seed?, stop?}  (greedy by default)
     POST /v1/completions           OpenAI-style: model = adapter id, prompt = str | [str], the same
                                    sampling options; unsupported OpenAI options -> 422 naming them
+    GET  /v1/models                the base and every adapter in the shared store (OpenAI list format)
     GET  /v1/stats                 batching and cache counters of both deployments
     GET  /healthz
 """
@@ -96,6 +97,11 @@ class TagiIngress:
                 "model": req.model,
                 "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": "stop"}
                             for i, text in enumerate(outputs)]}
+
+    @app.get("/v1/models")
+    async def models(self) -> dict:
+        """OpenAI list format: the base and every adapter of the shared store."""
+        return {"object": "list", "data": await self.generator.models.remote()}
 
     @app.get("/v1/stats")
     async def stats(self) -> dict:

@@ -131,6 +131,8 @@ def test_adapter_generate_peft_and_completions(server, library, tmp_path):
     stop = expected[0][1:3]
     stopped = client.completions.create(model=aid, prompt=INPUTS[0], max_tokens=MAX_NEW, stop=[stop])
     assert stopped.choices[0].text == expected[0][:expected[0].find(stop)]
+    models = [m.id for m in client.models.list()]
+    assert models[0] == library[2].model.name and aid in models
     with pytest.raises(openai.UnprocessableEntityError) as err:
         client.completions.create(model=aid, prompt="a", n=2)
     assert "n: 2 is not supported" in err.value.response.text
@@ -314,6 +316,8 @@ def test_adapters_live_in_a_store_every_replica_shares_and_a_restarted_replica_f
         aid = created["adapter_id"]
         assert (tmp_path / "store" / aid / "adapter.safetensors").is_file()
         assert requests.get(f"{server}/b/v1/adapters/{aid}", timeout=60).json()["adapter_id"] == aid
+        listed = [m["id"] for m in requests.get(f"{server}/b/v1/models", timeout=60).json()["data"]]
+        assert aid in listed and listed == [m["id"] for m in requests.get(f"{server}/a/v1/models", timeout=60).json()["data"]]
         expected = library[3](definition, examples, INPUTS)
         body = {"adapter_id": aid, "inputs": INPUTS, "max_new_tokens": MAX_NEW}
         assert _post(server, "/b/v1/generate", body).json()["outputs"] == expected
