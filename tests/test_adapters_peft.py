@@ -1,5 +1,4 @@
 """Generated adapters round-trip through standard PEFT directories."""
-import json
 
 import pytest
 import torch

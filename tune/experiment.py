@@ -211,9 +211,11 @@ def run_experiment(cfg: TagiConfig, run: RunDir, stages: Sequence[str] = STAGES)
     results["timings_s"] = timings
     out = RunDir(run.root / "experiment")
     switches = ", ".join(f"`{v}`: {s or 'full TAGI'}" for v, s in VARIANTS.items() if v in cfg.experiment.variants)
-    budgets = (f"Budgets: the methods table {cfg.train.meta_steps} meta steps (TAGI) and the same for the trained "
-               f"baselines; the ablations {budget or cfg.train.meta_steps} meta steps"
-               f" (batch {cfg.train.batch_size}; stage 1: {cfg.train.pretrain_steps} steps).")
+    b = cfg.baselines
+    budgets = (f"Budgets (steps of batch {cfg.train.batch_size}): TAGI {cfg.train.meta_steps} meta steps after "
+               f"{cfg.train.pretrain_steps} stage-1 steps; tk_instruct {b.tk_instruct_steps or cfg.train.meta_steps}, "
+               f"tk_instruct_lora {b.tk_instruct_lora_steps or cfg.train.meta_steps}; the ablation table "
+               f"{budget or cfg.train.meta_steps} meta steps per variant.")
     report = write_report(out, results, records, title="tagi-ray experiment: TAGI, ablations and baselines",
                           preamble=["", f"Variants (each a full meta-training run with one switch): {switches}.",
                                     budgets, f"Validation tasks (left out of every trained row): {val_tasks}.",

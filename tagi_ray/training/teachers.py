@@ -13,7 +13,6 @@ the pending tasks by `ctx.rank` and reports progress through `ctx.report`.
 """
 from __future__ import annotations
 
-import math
 import random
 import resource
 import socket
