@@ -28,7 +28,7 @@ class BaseMismatchError(ValueError):
 
 
 def _files(base_dir: Path) -> list[Path]:
-    return sorted(p for p in base_dir.rglob("*") if p.is_file() and p.name != DIGEST_FILE)
+    return sorted(p for p in base_dir.rglob("*") if p.is_file() and not p.name.startswith(DIGEST_FILE))
 
 
 def base_digest(base_dir: str | Path) -> str:
@@ -49,8 +49,10 @@ def base_digest(base_dir: str | Path) -> str:
             for block in iter(lambda: f.read(1 << 22), b""):
                 h.update(block)
     digest = h.hexdigest()
-    try:
-        cached.write_text(json.dumps({"sha256": digest, "files": stamp}))
+    try:  # atomically: runs sharing a base may hash it at the same time
+        tmp = base_dir / f"{DIGEST_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"sha256": digest, "files": stamp}))
+        tmp.replace(cached)
     except OSError:  # a read-only base: hash again next time
         pass
     return digest

@@ -28,6 +28,8 @@ from tagi_ray.lora.weights import LoraWeights
 
 
 class HyperNetwork(nn.Module):
+    reads_instruction = True  # its adapters depend on the pooled instruction
+
     def __init__(self, instr_dim: int, targets: list[LoraTarget], rank: int, hidden_dim: int = 256,
                  embed_dim: int = 32, init_scale: float = 1e-3):
         super().__init__()
@@ -85,6 +87,8 @@ class SharedAdapter(nn.Module):
     """The "w/o hypernetwork" ablation (`hypernet.kind: shared_lora`): one trained LoRA used
     for every instruction (PEFT init: A kaiming-uniform, B = 0). Same interface as
     `HyperNetwork`: forward(pooled (N, d)) -> N rows (broadcast views of the one adapter)."""
+
+    reads_instruction = False  # one adapter for every instruction
 
     def __init__(self, targets: list[LoraTarget], rank: int):
         super().__init__()

@@ -6,10 +6,13 @@ the CLI all call it): each distinct instruction is tokenized, encoded once by th
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from tagi_ray.batching import instruction_batch, prompt_batch
 from tagi_ray.config import ModelConfig
@@ -63,13 +66,26 @@ def generate_plain(model: TagiModel, tokenizer, sources: Sequence[str], max_sour
 
 @torch.no_grad()
 def fit_hypernet_input_stats(model: TagiModel, tokenizer, mcfg: ModelConfig, instructions: Sequence[str],
-                             batch_size: int = 32) -> None:
+                             batch_size: int = 32, cache: Path | None = None) -> None:
     """Pool every distinct training instruction with the (frozen) base and set the
-    hypernetwork's input standardisation from them."""
+    hypernetwork's input standardisation from them. `cache`: a file holding the pooled vectors
+    of exactly this computation (the caller keys it by base, encoder, pooling and texts): read
+    when present, else written, so runs that share them pool once."""
+    if not model.hypernet.reads_instruction:
+        return  # e.g. the shared-LoRA ablation: nothing to fit
+    if cache is not None and cache.is_file():
+        model.hypernet.fit_input_stats(load_file(str(cache))["pooled"].to(model.device))
+        return
     uniq = sorted(set(instructions))
     pooled = []
     for i in range(0, len(uniq), batch_size):
         ids, mask, _ = instruction_batch(tokenizer, model.is_encoder_decoder, uniq[i:i + batch_size],
                                          mcfg.max_instruction_length)
         pooled.append(model.encode_instruction(ids.to(model.device), mask.to(model.device)).pooled)
-    model.hypernet.fit_input_stats(torch.cat(pooled))
+    pooled = torch.cat(pooled)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        save_file({"pooled": pooled.detach().float().cpu().contiguous()}, str(tmp))
+        tmp.replace(cache)
+    model.hypernet.fit_input_stats(pooled)

@@ -182,3 +182,24 @@ def test_micro_batched_teacher_steps_give_the_one_batch_gradient(arch):
     assert d0 == d4 == {1} and torch.isnan(l4[1]) and torch.isfinite(l4[[0, 2]]).all()
     for a, b in zip(g4, g0):
         torch.testing.assert_close(a, b)
+
+
+def test_pooled_instructions_are_computed_once_and_shared_through_the_cache(tmp_path, monkeypatch):
+    from tagi_ray.inference import fit_hypernet_input_stats
+
+    cfg, model, tok, _ = setup("llama")
+    texts = list(TASKS.values())
+    cache = tmp_path / "pooled" / "key.safetensors"
+    fit_hypernet_input_stats(model, tok, cfg.model, texts, cache=cache)
+    mean, std = model.hypernet.in_mean.clone(), model.hypernet.in_std.clone()
+    assert cache.is_file()
+    with torch.no_grad():
+        model.hypernet.in_mean.zero_()
+    monkeypatch.setattr(model, "encode_instruction", lambda *a: (_ for _ in ()).throw(AssertionError("re-encoded")))
+    fit_hypernet_input_stats(model, tok, cfg.model, texts, cache=cache)  # from the cache: no base forward
+    torch.testing.assert_close(model.hypernet.in_mean, mean)
+    torch.testing.assert_close(model.hypernet.in_std, std)
+    shared = TagiModel(build_tiny(cfg.model.model_copy(), "llama"), cfg.lora,
+                       cfg.hypernet.model_copy(update={"kind": "shared_lora"}), cfg.instruction)
+    monkeypatch.setattr(shared, "encode_instruction", lambda *a: (_ for _ in ()).throw(AssertionError("encoded")))
+    fit_hypernet_input_stats(shared, tok, cfg.model, texts)  # nothing to fit for the shared-LoRA ablation

@@ -21,6 +21,7 @@ the step's record: it goes to steps.jsonl and with the report to Ray (Ray Tune's
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import tempfile
@@ -33,6 +34,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from tagi_ray.base_ref import base_digest
 from tagi_ray.checkpoint import HYPERNET_FILE, load_checkpoint_base, save_checkpoint
 from tagi_ray.config import LossConfig, TagiConfig, config_from_dict
 from tagi_ray.data.prompts import parse_prompt_format
@@ -139,6 +141,17 @@ def _restore(engine, ctx: WorkerContext) -> tuple[int, bool]:
         return json.loads((Path(d) / PROGRESS_FILE).read_text())["step"], True
 
 
+def pooled_cache(config: dict, cfg: TagiConfig) -> Path:
+    """Where the pooled training instructions of this computation are kept, shared by every run
+    on the same base (experiment variants, sweep trials): beside the base, keyed by the base's
+    and the instruction encoder's content hashes, the pooling, the length limit and the texts."""
+    base = Path(config["base"]).resolve()
+    encoder = config.get("instruction_encoder")
+    key = json.dumps([base_digest(base), base_digest(encoder) if encoder else None, cfg.instruction.pooling,
+                      cfg.model.max_instruction_length, sorted(set(config["instructions"]))])
+    return base.parent / "pooled_instructions" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
+
+
 def meta_worker_loop(config: dict, ctx: WorkerContext) -> None:
     """One meta-training worker (rank `ctx.rank` of `ctx.world_size`). `config`: {"cfg": dict,
     "stage": "pretrain"|"meta", "base": path, "init_hypernet": path|None (stage 2: start from stage 1),
@@ -169,7 +182,8 @@ def meta_worker_loop(config: dict, ctx: WorkerContext) -> None:
     if config.get("init_hypernet"):  # stage 2 starts from stage 1: its weights AND its input standardisation
         model.hypernet.load_state_dict(load_file(str(Path(config["init_hypernet"]) / HYPERNET_FILE)))
     else:  # fitted once, on what both stages' hypernetwork reads (the same on every rank)
-        fit_hypernet_input_stats(model, bundle.tokenizer, cfg.model, config["instructions"])
+        fit_hypernet_input_stats(model, bundle.tokenizer, cfg.model, config["instructions"],
+                                 cache=pooled_cache(config, cfg))
     params = set_trainable(model, cfg.train.train_layer_norms)
 
     total = cfg.train.pretrain_steps if stage == "pretrain" else cfg.train.meta_steps
