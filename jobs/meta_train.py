@@ -99,10 +99,12 @@ def _fit_stage(cfg: TagiConfig, run: RunDir, stage: str, base: Path, data: pa.Ta
 
 def run_meta_training(cfg: TagiConfig, run: RunDir, exclude_tasks: set[str] = frozenset(),
                       val_data: pa.Table | None = None, callbacks: list | None = None, name: str = "meta",
-                      on_ray: bool = True) -> Path:
+                      on_ray: bool = True, shared_stage1: Path | None = None) -> Path:
     """Both stages; writes and returns the final checkpoint `<run>/hypernet/`. `exclude_tasks`
     (validation tasks) are left out of training; `val_data` and `callbacks` go to stage 2 only
-    (a sweep trial: validation loss to Ray Tune); `name` prefixes the Ray Train run names."""
+    (a sweep trial: validation loss to Ray Tune); `name` prefixes the Ray Train run names.
+    `shared_stage1`: where runs whose stage 1 is identical share it (used when complete, else
+    this run's stage 1 is published there)."""
     table = ensure_data(cfg, run)
     base = ensure_base(cfg, run, table)
     rng = random.Random(cfg.train.seed)
@@ -114,8 +116,17 @@ def run_meta_training(cfg: TagiConfig, run: RunDir, exclude_tasks: set[str] = fr
         texts = texts_from_corpus(cfg.train.pretrain_corpus) if cfg.train.pretrain_corpus \
             else texts_from_table(without_tasks(table, exclude_tasks))
         fragments = [e.instruction for e in split_texts(rng.sample(texts, min(512, len(texts))), rng)]
-        stage1 = _fit_stage(cfg, run, "pretrain", base, pa.table({"text": texts}), fragments + instructions, None,
-                            [], name, on_ray=on_ray)
+        if shared_stage1 is not None and (shared_stage1 / HYPERNET_FILE).is_file():
+            print(f"meta-train: stage pretrain shared from {shared_stage1}")
+            stage1 = shared_stage1
+        else:
+            stage1 = _fit_stage(cfg, run, "pretrain", base, pa.table({"text": texts}), fragments + instructions,
+                                None, [], name, on_ray=on_ray)
+            if shared_stage1 is not None and not shared_stage1.exists():
+                tmp = shared_stage1.with_name(f".{shared_stage1.name}.tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(stage1, tmp)
+                tmp.rename(shared_stage1)
     final = _fit_stage(cfg, run, "meta", base, tasks, instructions, stage1, names if cfg.loss.uses_teachers else [],
                        name, callbacks, val_data, on_ray)
     if not (run.hypernet / HYPERNET_FILE).is_file():

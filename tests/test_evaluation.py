@@ -138,3 +138,30 @@ def test_the_ablation_grid_may_use_its_own_budget_with_its_own_full_tagi_referen
     assert len(specs) == 6 and variant_config(two.to_dict(), "tagi_no_kl", "def", 60).train.meta_steps == 60
     run = RunDir(tmp_path)
     assert variant_dir(run, "tagi", "def") != variant_dir(run, "tagi", "def", "ablation")
+
+
+def test_variants_with_the_same_stage_1_share_it(warm_run, tmp_path, capsys):
+    """stage1_key: full TAGI at either budget, w/o L_kl and w/o L_ins share stage 1 per format;
+    run_meta_training uses a complete shared stage 1 instead of training its own."""
+    from tagi_ray.jobs.meta_train import run_meta_training
+    from tagi_ray.tune.experiment import stage1_key, variant_config
+    from tests.conftest import run_with_shared_base, tiny_test_config
+
+    base = load_config().to_dict()
+    keys = {(v, f, s): stage1_key(variant_config(base, v, f, s)) for v in ("tagi", "tagi_no_kl", "tagi_no_ins",
+            "tagi_no_fusion", "tagi_no_hypernet") for f in ("def", "def+2pos") for s in (None, 7)}
+    assert len({keys[(v, "def", s)] for v in ("tagi", "tagi_no_kl", "tagi_no_ins") for s in (None, 7)}) == 1
+    assert len({keys[(v, "def", None)] for v in ("tagi", "tagi_no_fusion", "tagi_no_hypernet")}) == 3
+    assert keys[("tagi", "def", None)] != keys[("tagi", "def+2pos", None)]
+
+    cfg = tiny_test_config(train={"pretrain_steps": 2, "meta_steps": 1, "checkpoint_every": 0},
+                           loss={"lambda_kl": 0.0, "lambda_ins": 0.0})
+    shared = tmp_path / "stage1" / "key"
+    first = run_with_shared_base(warm_run, tmp_path / "a")
+    run_meta_training(cfg, first, on_ray=False, shared_stage1=shared)
+    assert (shared / "hypernet.safetensors").is_file() and (first.root / "meta" / "pretrain").is_dir()
+    second = run_with_shared_base(warm_run, tmp_path / "b")
+    capsys.readouterr()
+    run_meta_training(cfg, second, on_ray=False, shared_stage1=shared)
+    assert f"stage pretrain shared from {shared}" in capsys.readouterr().out
+    assert not (second.root / "meta" / "pretrain").exists() and (second.root / "hypernet" / "hypernet.safetensors").is_file()

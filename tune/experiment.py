@@ -18,6 +18,7 @@ methods, columns formats: the layout of the paper's Tables 2 and 4; validation-l
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -100,7 +101,19 @@ def experiment_trial(params: dict[str, Any], setup: dict) -> None:
     val = validation_rows(read_table(run.table), val_tasks, cfg.tune.val_instances) if val_tasks else None
     run_meta_training(cfg, run, exclude_tasks=set(val_tasks), val_data=val,
                       name=f"exp-{format_dir(spec['format'])}-{spec['variant']}"
-                           + ("-ablation" if spec["budget"] == "ablation" else ""))
+                           + ("-ablation" if spec["budget"] == "ablation" else ""),
+                      shared_stage1=main.root / "experiment" / "stage1" / stage1_key(cfg))
+
+
+def stage1_key(cfg: TagiConfig) -> str:
+    """What stage 1 (text pretraining, L_ce only) depends on: everything but the loss weights,
+    the meta steps and the sections that do not train it. Variants with equal keys (full TAGI
+    at both budgets, w/o L_kl, w/o L_ins, per format) share one stage 1."""
+    d = cfg.to_dict()
+    for section in ("loss", "teachers", "baselines", "serve", "tune", "experiment", "ray"):
+        d.pop(section, None)
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("meta_steps", "checkpoint_every", "out_dir")}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def experiment_val_tasks(cfg: TagiConfig, table) -> list[str]:
