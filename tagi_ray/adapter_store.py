@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -94,27 +95,31 @@ class AdapterStore:
 
 
 class ResidentAdapters:
-    """A replica's bounded set of adapters in memory over a shared AdapterStore."""
+    """A replica's bounded set of adapters in memory over a shared AdapterStore (thread-safe:
+    replicas call it from worker threads)."""
 
     def __init__(self, store: AdapterStore, capacity: int):
         self.store, self.cache = store, LruCache(capacity)
         self.loads = 0
+        self._lock = threading.Lock()
 
     def get(self, adapter_id: str) -> AdapterEntry | None:
         """The adapter, from memory or loaded from the store; None if the store has no such id."""
-        entry = self.cache.get(adapter_id)
-        if entry is None:
-            entry = self.store.load(adapter_id)
+        with self._lock:
+            entry = self.cache.get(adapter_id)
             if entry is None:
-                return None
-            self.loads += 1
-            self.cache.put(adapter_id, entry)
-        return entry
+                entry = self.store.load(adapter_id)
+                if entry is None:
+                    return None
+                self.loads += 1
+                self.cache.put(adapter_id, entry)
+            return entry
 
     def put(self, entry: AdapterEntry, meta: dict) -> None:
         """Persist (for every replica) and keep resident here."""
         self.store.put(entry, meta)
-        self.cache.put(entry.adapter_id, entry)
+        with self._lock:
+            self.cache.put(entry.adapter_id, entry)
 
     def stats(self) -> dict:
         return {**self.cache.stats(), "loads": self.loads}

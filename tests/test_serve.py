@@ -306,7 +306,8 @@ def test_adapters_live_in_a_store_every_replica_shares_and_a_restarted_replica_f
     from tagi_ray.serve.main import start
 
     port = int(server.rsplit(":", 1)[1])
-    overrides = {"adapter_store": str(tmp_path / "store"), "batch_wait_timeout_s": 0.05}
+    overrides = {"adapter_store": str(tmp_path / "store"), "batch_wait_timeout_s": 0.05,
+                 "start_timeout_s": 240}  # 4 more replicas on a loaded 2-core machine
     try:
         start(str(checkpoint), "127.0.0.1", port, overrides, num_cpus=0.1, app_name="a", route_prefix="/a")
         start(str(checkpoint), "127.0.0.1", port, overrides, num_cpus=0.1, app_name="b", route_prefix="/b",
