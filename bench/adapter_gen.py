@@ -19,7 +19,8 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from shapes import DEVICE, DTYPE, LENGTHS, MODELS, random_ids, summary, tagi_model, timed  # noqa: E402
 
-from tagi_ray.serving import LruCache, adapter_id  # noqa: E402
+from tagi_ray.lru_cache import LruCache  # noqa: E402
+from tagi_ray.serving import adapter_id  # noqa: E402
 
 
 def main() -> None:

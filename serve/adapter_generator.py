@@ -64,10 +64,9 @@ class AdapterGenerator:
         """OpenAI model objects: the base, then every adapter in the shared store (oldest first),
         the same from every replica."""
         base = {"id": self.cfg.model.name, "object": "model", "created": 0, "owned_by": "tagi-ray", "root": None}
-        metas = [self.adapters.store.meta(i) for i in self.adapters.store.ids()]
         return [base] + [{"id": m["adapter_id"], "object": "model", "created": int(m["created"]),
                           "owned_by": "tagi-ray", "root": self.cfg.model.name, "parent": self.cfg.model.name}
-                         for m in metas if m]
+                         for m in self.adapters.store.metas()]
 
     async def info(self, adapter_id: str) -> dict | None:
         entry = await self.get(adapter_id)

@@ -21,8 +21,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tagi_ray.cache import cache_root
 from tagi_ray.lora import LoraWeights
-from tagi_ray.serving import AdapterEntry, LruCache
+from tagi_ray.lru_cache import LruCache
+from tagi_ray.serving import AdapterEntry
 from tagi_ray.tagi import Instruction
 
 WEIGHTS = "adapter.safetensors"
@@ -31,8 +33,7 @@ META = "meta.json"
 
 def default_store(ckpt_hash: str) -> Path:
     """`$TAGI_CACHE_DIR/adapters/<checkpoint hash>` (serve.adapter_store "" on one machine)."""
-    cache = Path(os.environ.get("TAGI_CACHE_DIR", Path.home() / ".cache" / "tagi-ray"))
-    return cache / "adapters" / ckpt_hash[:16]
+    return cache_root() / "adapters" / ckpt_hash[:16]
 
 
 def _tensors(entry: AdapterEntry) -> dict[str, torch.Tensor]:
@@ -88,10 +89,14 @@ class AdapterStore:
             return None
         return _entry(adapter_id, load_file(str(self.root / adapter_id / WEIGHTS)), meta["instruction_tokens"])
 
+    def metas(self) -> list[dict]:
+        """The metadata of every stored adapter, oldest first."""
+        metas = [self.meta(p.name) for p in self.root.iterdir() if not p.name.startswith(".")]
+        return sorted((m for m in metas if m), key=lambda m: m["created"])
+
     def ids(self) -> list[str]:
         """Every stored adapter, oldest first."""
-        metas = [self.meta(p.name) for p in self.root.iterdir() if not p.name.startswith(".")]
-        return [m["adapter_id"] for m in sorted((m for m in metas if m), key=lambda m: m["created"])]
+        return [m["adapter_id"] for m in self.metas()]
 
 
 class ResidentAdapters:

@@ -18,6 +18,8 @@ import json
 import os
 from pathlib import Path
 
+from tagi_ray.cache import cache_root
+
 REF_FILE = "base.json"
 OVERRIDES_FILE = "base_overrides.safetensors"
 DIGEST_FILE = ".tagi_digest.json"  # inside a base directory: the digest, keyed by file sizes and mtimes
@@ -71,8 +73,7 @@ def _candidates(ckpt: Path, ref: dict) -> list[Path]:
     for _ in range(3):
         parent = parent.parent
         out.append(parent / "base")
-    cache = Path(os.environ.get("TAGI_CACHE_DIR", Path.home() / ".cache" / "tagi-ray"))
-    out.append(cache / "bases" / ref["sha256"])
+    out.append(cache_root() / "bases" / ref["sha256"])
     return list(dict.fromkeys(out))
 
 

@@ -52,8 +52,8 @@ def _filter(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
         scores = scores.masked_fill(scores < kth, float("-inf"))
     if top_p < 1.0:
         ordered, idx = torch.sort(scores, descending=True)
-        cum = torch.softmax(ordered, dim=-1).cumsum(-1)
-        drop = cum - torch.softmax(ordered, dim=-1) >= top_p  # keep the smallest prefix reaching top_p
+        probs = torch.softmax(ordered, dim=-1)
+        drop = probs.cumsum(-1) - probs >= top_p  # keep the smallest prefix reaching top_p
         scores = scores.masked_fill(torch.zeros_like(drop).scatter(0, idx, drop), float("-inf"))
     return scores
 

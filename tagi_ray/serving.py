@@ -1,4 +1,4 @@
-"""Serving primitives without Ray: adapter ids, an LRU cache, adapter creation, and one
+"""Serving primitives without Ray: adapter ids, adapter creation, and one
 generation over requests that carry *different* adapters (the batched-LoRA mechanism), each
 with its own decoding options (greedy by default).
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,42 +59,6 @@ class AdapterEntry:
     def nbytes(self) -> int:
         ins = self.instruction.states.numel() * self.instruction.states.element_size()
         return self.weights.nbytes() + ins
-
-
-class LruCache:
-    """A bounded mapping that evicts the least recently used entry."""
-
-    def __init__(self, capacity: int):
-        if capacity < 1:
-            raise ValueError(f"cache capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self._items: OrderedDict = OrderedDict()
-        self.hits = self.misses = self.evictions = 0
-
-    def get(self, key):
-        if key in self._items:
-            self._items.move_to_end(key)
-            self.hits += 1
-            return self._items[key]
-        self.misses += 1
-        return None
-
-    def put(self, key, value) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-            self.evictions += 1
-
-    def __contains__(self, key) -> bool:
-        return key in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def stats(self) -> dict:
-        return {"size": len(self), "capacity": self.capacity, "hits": self.hits, "misses": self.misses,
-                "evictions": self.evictions}
 
 
 class AdapterFactory:

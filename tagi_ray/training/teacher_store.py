@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from tagi_ray.adapters import export_peft, import_peft
 from tagi_ray.config import TagiConfig
 from tagi_ray.data.tables import select_split
 from tagi_ray.losses import TeacherTopK
+from tagi_ray.lru_cache import LruCache
 from tagi_ray.lora import LoraTarget, LoraWeights
 from tagi_ray.training.examples import Example
 from tagi_ray.training.teacher_logits import FILE as TOPK_FILE
@@ -121,8 +121,8 @@ class TeacherStore:
             raise ValueError(f"teachers.resident must be >= 1, got {resident}")
         self._load, self.tasks, self.resident, self.device = load, list(tasks), resident, torch.device(device)
         self.has_topk = has_topk
-        self._cache: OrderedDict[str, tuple[LoraWeights, dict | None]] = OrderedDict()
-        self.loads = self.hits = 0
+        self._cache = LruCache(resident)  # task -> (weights on device, stored logits or None)
+        self.loads = 0
 
     @classmethod
     def open(cls, teachers_dir: Path, tasks: Sequence[str], cfg: TagiConfig, device: torch.device | str = "cpu",
@@ -151,18 +151,19 @@ class TeacherStore:
         return cls(load, list(rows), len(rows), next(iter(weights.A.values())).device, topk is not None)
 
     def _entry(self, task: str) -> tuple[LoraWeights, dict | None]:
-        if task in self._cache:
-            self.hits += 1
-            self._cache.move_to_end(task)
-            return self._cache[task]
-        if task not in self.tasks:
-            raise KeyError(f"no teacher for task {task!r} in this store")
-        weights, topk = self._load(task)
-        self.loads += 1
-        self._cache[task] = entry = (weights.to(self.device), topk)
-        while len(self._cache) > self.resident:
-            self._cache.popitem(last=False)
+        entry = self._cache.get(task)
+        if entry is None:
+            if task not in self.tasks:
+                raise KeyError(f"no teacher for task {task!r} in this store")
+            weights, topk = self._load(task)
+            self.loads += 1
+            entry = (weights.to(self.device), topk)
+            self._cache.put(task, entry)
         return entry
+
+    @property
+    def hits(self) -> int:
+        return self._cache.hits
 
     def bank(self, tasks: Sequence[str]) -> tuple[LoraWeights, dict[str, int]]:
         """The teachers of `tasks` (distinct, in first-seen order) stacked; task -> row."""
@@ -182,4 +183,4 @@ class TeacherStore:
 
     @property
     def resident_tasks(self) -> list[str]:
-        return list(self._cache)
+        return self._cache.keys()
