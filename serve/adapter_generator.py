@@ -1,5 +1,5 @@
 """AdapterGenerator deployment: instruction (+ examples) -> adapter, encoded once, persisted in
-the shared adapter store, a bounded set kept resident."""
+the shared adapter store, a bounded set kept resident; uploaded PEFT adapters join the same store."""
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +12,8 @@ from ray import serve
 
 from tagi_ray.serve.loading import load_for_serving
 from tagi_ray.adapters import export_peft
-from tagi_ray.base_ref import resolve_base
+from tagi_ray.base_ref import base_digest, resolve_base
+from tagi_ray.peft_upload import UploadError, read_archive
 from tagi_ray.adapter_store import AdapterStore, ResidentAdapters, default_store
 from tagi_ray.serving import AdapterEntry, AdapterFactory, checkpoint_hash
 
@@ -29,13 +30,32 @@ class AdapterGenerator:
         self.factory = AdapterFactory(self.model, self.tokenizer, self.cfg, ckpt_hash)
         store = AdapterStore(self.cfg.serve.adapter_store or default_store(ckpt_hash))
         self.adapters = ResidentAdapters(store, self.cfg.serve.adapter_cache_size)
+        self.base_dir = resolve_base(self.checkpoint).resolve()
+        self.base_sha256 = base_digest(self.base_dir)
         self.generated = 0
+        self.uploaded = 0
         self._lock = asyncio.Lock()
 
     def _meta(self, entry: AdapterEntry, cached: bool) -> dict:
         return {"adapter_id": entry.adapter_id, "rank": self.cfg.lora.rank, "alpha": self.cfg.lora.alpha,
                 "modules": entry.weights.names, "instruction_tokens": entry.instruction_tokens,
                 "bytes": entry.nbytes(), "cached": cached}
+
+    async def upload(self, data: bytes) -> dict:
+        """A PEFT LoRA archive -> a served adapter in the shared store. Returns its metadata, or
+        {"error": {"field", "msg"}} for a refused upload (checks: `peft_upload`)."""
+        names = [self.cfg.model.name, str(self.base_dir), *self.cfg.serve.upload_base_names]
+        try:
+            files = read_archive(data, self.cfg.serve.max_upload_bytes)
+            entry, config = await asyncio.to_thread(self.factory.from_peft, files, self.base_sha256, names)
+        except UploadError as e:
+            return {"error": {"field": e.field, "msg": str(e)}}
+        cached = entry.adapter_id in self.adapters.store
+        if not cached:
+            self.uploaded += 1
+            self.adapters.put(entry, {"source": "peft", "r": config["r"], "lora_alpha": config["lora_alpha"],
+                                      "base_model_name_or_path": config.get("base_model_name_or_path")})
+        return {**self._meta(entry, cached), "source": "peft", "uploaded_rank": int(config["r"])}
 
     async def _get_or_create(self, instruction: str, examples: list[dict]) -> tuple[AdapterEntry, bool]:
         aid = self.factory.adapter_id(instruction, examples)
@@ -79,11 +99,12 @@ class AdapterGenerator:
             return None
         with tempfile.TemporaryDirectory() as tmp:
             out = export_peft(entry.weights, self.model.targets, self.cfg.lora.rank, self.cfg.lora.alpha,
-                              self.model.arch, str(resolve_base(self.checkpoint).resolve()), Path(tmp) / adapter_id)
+                              self.model.arch, str(self.base_dir), Path(tmp) / adapter_id,
+                              metadata={"base_sha256": self.base_sha256})
             buf = io.BytesIO()
             with tarfile.open(fileobj=buf, mode="w:gz") as tar:
                 tar.add(out, arcname=adapter_id)
         return buf.getvalue()
 
     def stats(self) -> dict:
-        return {"generated": self.generated, "cache": self.adapters.stats()}
+        return {"generated": self.generated, "uploaded": self.uploaded, "cache": self.adapters.stats()}

@@ -48,7 +48,8 @@ def build_app(args: dict) -> Application:
                          f"(expected {HYPERNET_FILE} inside; produce one with `tagi meta-train`)")
     checkpoint = str(Path(checkpoint).resolve())
     overrides = dict(args.get("serve") or {})
-    limits = serve_limits(checkpoint, overrides)
+    cfg = serve_config(checkpoint, overrides)
+    limits = cfg.serve.model_dump()
     deployments = {"AdapterGenerator": AdapterGenerator, "InstanceInference": InstanceInference,
                    "TagiIngress": TagiIngress}
     cpus, gpus = args.get("num_cpus"), args.get("num_gpus") or {}
@@ -59,6 +60,12 @@ def build_app(args: dict) -> Application:
                        for name, d in deployments.items()}
     for name, n in (args.get("num_replicas") or {}).items():
         deployments[name] = deployments[name].options(num_replicas=int(n))
+    # bounded queues: past them Ray Serve answers 503 with Retry-After (proxy -> ingress, ingress -> models)
+    backpressure = {"max_queued_requests": cfg.serve.max_queued_requests,
+                    "backpressure_config": {"retry_after_s": cfg.serve.retry_after_s}}
+    deployments = {name: d.options(**backpressure) for name, d in deployments.items()}
+    deployments["InstanceInference"] = deployments["InstanceInference"].options(
+        max_ongoing_requests=cfg.serve.max_ongoing_requests)
     generator = deployments["AdapterGenerator"].bind(checkpoint, overrides)
     inference = deployments["InstanceInference"].bind(checkpoint, overrides)
-    return deployments["TagiIngress"].bind(generator, inference, limits)
+    return deployments["TagiIngress"].bind(generator, inference, limits, cfg.model.name)

@@ -6,7 +6,9 @@ the same shape FastAPI uses for type errors, so a client sees which field was wr
 from __future__ import annotations
 
 from fastapi import HTTPException
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from tagi_ray.config import ServeConfig
 from tagi_ray.decoding import Decoding
@@ -50,31 +52,71 @@ class GenerateRequest(Sampling):
     max_new_tokens: StrictInt | None = None
 
 
-# OpenAI completion fields this server does not implement: accepted only at their defaults
+# OpenAI fields this server does not implement: accepted only at their defaults
 UNSUPPORTED = {"n": 1, "best_of": 1, "logprobs": None, "echo": False, "suffix": None, "presence_penalty": 0,
-               "frequency_penalty": 0, "logit_bias": None, "stream": False, "stream_options": None}
+               "frequency_penalty": 0, "logit_bias": None, "stream_options": None}
+CHAT_UNSUPPORTED = {"n": 1, "logprobs": False, "top_logprobs": None, "presence_penalty": 0, "frequency_penalty": 0,
+                    "logit_bias": None, "stream_options": None, "tools": None, "tool_choice": None,
+                    "functions": None, "function_call": None, "response_format": None, "parallel_tool_calls": None}
 
 
-class CompletionRequest(Sampling):
-    """OpenAI-style completion: `model` is an adapter id. Sampling options are honoured; an
+class OpenAIRequest(Sampling):
+    """The fields OpenAI's completion and chat routes share. Sampling options are honoured; an
     OpenAI option this server does not implement, set to anything but its default, is a 422
     naming it (never silently ignored); any other unknown field too."""
 
     model_config = ConfigDict(extra="allow")
+    unsupported: ClassVar[dict] = UNSUPPORTED
     model: StrictStr
-    prompt: StrictStr | list[StrictStr]
     max_tokens: StrictInt | None = None
+    stream: StrictBool = False
     user: StrictStr | None = None  # accepted (OpenAI: an end-user id), not used
 
     def unsupported_errors(self) -> list[dict]:
         errors = []
         for name, value in (self.model_extra or {}).items():
-            if name not in UNSUPPORTED:
+            if name not in self.unsupported:
                 errors.append({"loc": ["body", name], "msg": f"{name}: unknown field", "type": "extra_forbidden"})
-            elif value != UNSUPPORTED[name] and not (name == "logit_bias" and value == {}):
-                errors.append({"loc": ["body", name], "type": "unsupported",
-                               "msg": f"{name}: {value!r} is not supported by this server (only {UNSUPPORTED[name]!r})"})
+            elif value != self.unsupported[name] and not (value in ({}, [], None) and not self.unsupported[name]):
+                errors.append({"loc": ["body", name], "type": "unsupported", "msg": f"{name}: {value!r} is not "
+                               f"supported by this server (only {self.unsupported[name]!r})"})
         return errors
+
+
+class CompletionRequest(OpenAIRequest):
+    """OpenAI-style completion: `model` is an adapter id, `prompt` the task instance(s)."""
+
+    prompt: StrictStr | list[StrictStr]
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: StrictStr
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: StrictStr | list[TextPart]
+    name: StrictStr | None = None
+
+    def plain(self) -> dict:
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class ChatRequest(OpenAIRequest):
+    """OpenAI-style chat. The adapter: `model` names one (an adapter id), or it is generated
+    from `instruction` (+ `examples`), or from the leading system message; the base's chat
+    template renders the other messages."""
+
+    unsupported: ClassVar[dict] = CHAT_UNSUPPORTED
+    model: StrictStr = ""
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: StrictInt | None = None
+    instruction: StrictStr | None = None
+    examples: list[Example] = Field(default_factory=list)
 
 
 def _error(field: str, msg: str) -> dict:

@@ -110,15 +110,20 @@ class ResidentAdapters:
 
     def get(self, adapter_id: str) -> AdapterEntry | None:
         """The adapter, from memory or loaded from the store; None if the store has no such id."""
+        return self.lookup(adapter_id)[0]
+
+    def lookup(self, adapter_id: str) -> tuple[AdapterEntry | None, str]:
+        """(the adapter or None, "hit" | "load" | "miss"): resident, read from the store, unknown."""
         with self._lock:
             entry = self.cache.get(adapter_id)
+            if entry is not None:
+                return entry, "hit"
+            entry = self.store.load(adapter_id)
             if entry is None:
-                entry = self.store.load(adapter_id)
-                if entry is None:
-                    return None
-                self.loads += 1
-                self.cache.put(adapter_id, entry)
-            return entry
+                return None, "miss"
+            self.loads += 1
+            self.cache.put(adapter_id, entry)
+            return entry, "load"
 
     def put(self, entry: AdapterEntry, meta: dict) -> None:
         """Persist (for every replica) and keep resident here."""

@@ -253,6 +253,16 @@ class ServeConfig(Section):
     max_inputs: PosInt = 64  # inputs per request
     max_input_chars: PosInt = 4096
     start_timeout_s: PosFloat = 60.0  # replicas not running by then: fail, naming what is missing
+    # overload: requests in flight per InstanceInference replica, then queued per caller; past the
+    # queue a 503 with Retry-After (Ray Serve's max_ongoing_requests / max_queued_requests)
+    max_ongoing_requests: PosInt = 64
+    max_queued_requests: PosInt = 128
+    retry_after_s: NonNegFloat = 1.0
+    chat_template: Str = ""  # Jinja chat template for a base whose tokenizer has none ("" = the tokenizer's)
+    max_upload_bytes: PosInt = 32 * 1024 * 1024  # PEFT adapter archives (compressed and unpacked)
+    # base_model_name_or_path values an uploaded PEFT adapter may name (besides model.name and the
+    # base's path); an adapter carrying base_sha256 is checked by that hash instead
+    upload_base_names: list[Str] = []
 
     @model_validator(mode="after")
     def _default_within_limit(self) -> ServeConfig:

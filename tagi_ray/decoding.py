@@ -8,11 +8,13 @@ is that token; greedy rows pass through untouched. A row's draws depend only on 
 own logits, never on the other rows of the batch: the same request with the same seed gives the
 same text alone or in any mixed batch. `RowStopper` (a StoppingCriteria) ends a row once its
 text contains one of its stop strings; `cut_at_stop` trims the text before the stop string
-(OpenAI's convention).
+(OpenAI's convention). `RowProgress` (a StoppingCriteria) ends each row at its own token budget
+or once its client has gone away (the row's slot then stops costing decode steps), and hands
+streaming rows each new piece of text as it is decoded.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -112,11 +114,84 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text if cut < 0 else text[:cut]
 
 
-def generate_options(tokenizer, rows: Sequence[Decoding]) -> dict:
-    """Keyword arguments for `TagiModel.generate` (none when every row is greedy without stops)."""
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class RowStream:
+    """A row's live output: `emit(piece)` receives each new piece of text (called from the
+    generating thread); `cancelled()` turns true when the client has gone away."""
+
+    emit: Callable[[str], None]
+    cancelled: Callable[[], bool] = _never
+    sent: str = ""  # the text emitted so far
+
+
+def _held_back(text: str, stop: Sequence[str]) -> int:
+    """How many trailing characters may not be emitted yet: an incomplete UTF-8 character, or a
+    prefix of a stop string (it may still become the stop string, which is never sent)."""
+    if text.endswith("\ufffd"):
+        return len(text) - len(text.rstrip("\ufffd"))
+    hold = 0
+    for s in stop:
+        for k in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:k]):
+                hold = k
+                break
+    return hold
+
+
+class RowProgress(StoppingCriteria):
+    """Per row: done at its own `max_new` tokens or once its stream is cancelled; a streaming row's
+    new text (up to any stop string, never a piece of one) goes to its `emit` after every step."""
+
+    def __init__(self, tokenizer, rows: Sequence[Decoding], max_new: Sequence[int],
+                 streams: Sequence[RowStream | None]):
+        self.tokenizer, self.rows, self.max_new, self.streams = tokenizer, list(rows), list(max_new), list(streams)
+        self.start: int | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        if self.start is None:  # first call: one new token after the prompt
+            self.start = input_ids.shape[1] - 1
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        made = input_ids.shape[1] - self.start
+        for i, (d, n, stream) in enumerate(zip(self.rows, self.max_new, self.streams)):
+            done[i] = made >= n
+            if stream is None:
+                continue
+            if stream.cancelled():
+                done[i] = True
+                continue
+            text = cut_at_stop(self.tokenizer.decode(input_ids[i, self.start:self.start + n],
+                                                     skip_special_tokens=True), d.stop)
+            ready = text[:len(text) - _held_back(text, d.stop)]
+            if len(ready) > len(stream.sent) and ready.startswith(stream.sent):
+                stream.emit(ready[len(stream.sent):])
+                stream.sent = ready
+        return done
+
+
+def finish_stream(stream: RowStream, text: str) -> None:
+    """After generation: emit what the row's final text adds to what was streamed."""
+    if text.startswith(stream.sent) and len(text) > len(stream.sent):
+        stream.emit(text[len(stream.sent):])
+        stream.sent = text
+
+
+def generate_options(tokenizer, rows: Sequence[Decoding], max_new: Sequence[int] | None = None,
+                     streams: Sequence[RowStream | None] | None = None) -> dict:
+    """Keyword arguments for `TagiModel.generate` (none when every row is greedy without stops,
+    streams or differing budgets)."""
     options: dict = {}
+    criteria: list[StoppingCriteria] = []
     if any(d.sampled for d in rows):
         options["logits_processor"] = [RowSampler(rows)]
     if any(d.stop for d in rows):
-        options["stopping_criteria"] = [RowStopper(tokenizer, rows)]
+        criteria.append(RowStopper(tokenizer, rows))
+    streams = list(streams) if streams is not None else [None] * len(rows)
+    if max_new is not None and (len(set(max_new)) > 1 or any(streams)):
+        criteria.append(RowProgress(tokenizer, rows, max_new, streams))
+    if criteria:
+        options["stopping_criteria"] = criteria
     return options

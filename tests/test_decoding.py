@@ -1,12 +1,14 @@
 """Per-row decoding in one batched generation: greedy by default, seeded sampling reproducible
-alone and inside a mixed batch, different seeds differ, stop strings honoured."""
+alone and inside a mixed batch, different seeds differ, stop strings honoured, streamed rows
+emit exactly their final text, a cancelled row stops."""
 import pytest
 import torch
 
 from tagi_ray.config import load_config
-from tagi_ray.decoding import GREEDY, Decoding, cut_at_stop
+from tagi_ray.data.prompts import instance_text
+from tagi_ray.decoding import GREEDY, Decoding, RowStream, cut_at_stop
 from tagi_ray.models import build_tiny
-from tagi_ray.serving import AdapterFactory, generate_mixed
+from tagi_ray.serving import AdapterFactory, complete_mixed, generate_mixed
 from tagi_ray.tagi import TagiModel
 
 
@@ -57,3 +59,21 @@ def test_top_k_1_is_greedy_and_stop_strings_cut_the_text(served):
     assert cut_at_stop("abc. def", [".", "x"]) == "abc" and cut_at_stop("abc", ["x"]) == "abc"
     with pytest.raises(ValueError, match="top_p"):
         Decoding(temperature=1.0, top_p=0.0)
+
+
+def test_streamed_rows_emit_exactly_their_final_text_and_a_cancelled_row_stops(served):
+    model, tok, cfg, entries = served
+    greedy = run(served, [(0, "red green", GREEDY)], 16)[0]
+    stop = greedy[3:5]
+    pieces: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    streams = [RowStream(emit=pieces[i].append) for i in range(2)]
+    calls = []
+    streams.append(RowStream(emit=pieces[2].append, cancelled=lambda: len(calls.append(1) or calls) > 2))
+    rows = [Decoding(), Decoding(stop=(stop,)), Decoding()]
+    done = complete_mixed(model, tok, cfg, [entries[0], entries[0], entries[1]],
+                          [instance_text("red green")] * 2 + [instance_text("one two")], [16, 16, 16], rows, streams)
+    assert "".join(pieces[0]) == done[0].text == greedy and len(pieces[0]) > 1  # streamed piece by piece
+    assert "".join(pieces[1]) == done[1].text == greedy[:greedy.find(stop)]  # never a piece of the stop string
+    assert done[0].completion_tokens == 16 and done[0].finish_reason == "length" and done[1].finish_reason == "stop"
+    assert done[2].completion_tokens < 16  # cancelled after its second step: the row ended there
+    assert "".join(pieces[2]) == done[2].text

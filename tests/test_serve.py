@@ -1,5 +1,6 @@
 """Ray Serve app over real HTTP on loopback: adapters, generation equal to the library's,
-PEFT archives, the OpenAI client, input validation, and cross-adapter batching."""
+PEFT archives and uploads, the OpenAI client (completions and chat, streamed and not), input
+validation, cross-adapter batching, disconnects, and per-adapter Prometheus metrics."""
 from __future__ import annotations
 
 import io
@@ -23,8 +24,9 @@ from tagi_ray.batching import instruction_batch
 from tagi_ray.checkpoint import load_checkpoint
 from tagi_ray.data.prompts import instance_text, instruction_text
 from tagi_ray.inference import generate_with_instructions
-from tagi_ray.jobs.meta_train import run_meta_training
-from tagi_ray.run_dir import RunDir
+from tagi_ray.checkpoint import save_checkpoint
+from tagi_ray.models.base import load_base
+from tagi_ray.tagi import TagiModel
 from tests.conftest import tiny_test_config
 
 TASKS = [
@@ -35,6 +37,9 @@ TASKS = [
 ]
 INPUTS = ["red green blue", "one two", "the cat sat on the mat", "alpha"]
 MAX_NEW = 12
+# the tiny base's ByT5 tokenizer has no chat template: the test server is given one
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<assistant>{% endif %}")
 
 
 def _free_port() -> int:
@@ -45,11 +50,17 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A tiny TAGI checkpoint, trained briefly by the meta-training loop in this process (no Ray)."""
-    root = tmp_path_factory.mktemp("serve_ckpt")
-    cfg = tiny_test_config(train={"prompt_tuning_steps": 10, "pretrain_steps": 0, "meta_steps": 10,
-                                  "checkpoint_every": 0}, loss={"lambda_kl": 0.0, "lambda_ins": 0.0})
-    return run_meta_training(cfg, RunDir(root / "run"), on_ray=False)
+    """A tiny TAGI checkpoint whose answers differ by adapter and input: a seeded random
+    hypernetwork. (A tiny model meta-trained for the few steps a test affords answers '' to
+    everything, so "served equals the library" would compare empty strings.)"""
+    cfg = tiny_test_config()
+    bundle = load_base(cfg.model)
+    model = TagiModel(bundle, cfg.lora, cfg.hypernet, cfg.instruction)
+    noise = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.hypernet.parameters():
+            p.add_(torch.randn(p.shape, generator=noise) * 0.02)
+    return save_checkpoint(model, bundle.tokenizer, cfg, tmp_path_factory.mktemp("serve_ckpt") / "hypernet")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +71,8 @@ def server(ray_cluster, checkpoint, tmp_path_factory):
 
     store = tmp_path_factory.mktemp("adapter_store")
     url = start(str(checkpoint), "127.0.0.1", _free_port(), num_cpus=0.25,
-                overrides={"batch_wait_timeout_s": 0.2, "max_inputs": 8, "adapter_store": str(store)})
+                overrides={"batch_wait_timeout_s": 0.2, "max_inputs": 8, "adapter_store": str(store),
+                           "chat_template": CHAT_TEMPLATE, "max_upload_bytes": 1 << 20})
     yield url
     serve.shutdown()
 
@@ -232,6 +244,152 @@ def test_concurrent_requests_with_distinct_adapters_share_forward_batches(server
           f"(largest {after['largest_batch']}, up to {after['most_adapters_in_batch']} adapters in one)")
 
 
+def _library_chat(library, definition: str, messages: list[dict], max_new: int = MAX_NEW) -> str:
+    """The library's answer: the adapter generated from `definition`, the messages in the chat template."""
+    from tagi_ray.chat import chat_prompt
+    from tagi_ray.serving import AdapterFactory, complete_mixed
+
+    model, tokenizer, cfg, _ = library
+    entry = AdapterFactory(model, tokenizer, cfg, "library").create(definition)
+    prompt = chat_prompt(tokenizer, messages, CHAT_TEMPLATE)
+    return complete_mixed(model, tokenizer, cfg, [entry], [prompt], [max_new])[0].text
+
+
+def test_streaming_and_chat_through_the_openai_client(server, library):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="not-needed")
+    answers = {d: library[3](d, [], INPUTS) for d, _ in TASKS}  # a task whose adapter answers with text
+    definition = max(answers, key=lambda d: sum(map(bool, answers[d])))
+    inputs = [x for x, a in zip(INPUTS, answers[definition]) if a][:2]
+    assert len(inputs) == 2, answers
+    aid = _post(server, "/v1/adapters", {"instruction": definition}).json()["adapter_id"]
+
+    # completions: the streamed pieces add up to the plain answer; the last chunk says why it ended
+    plain = client.completions.create(model=aid, prompt=inputs, max_tokens=MAX_NEW)
+    chunks = list(client.completions.create(model=aid, prompt=inputs, max_tokens=MAX_NEW, stream=True))
+    for i in range(2):
+        mine = [c.choices[0] for c in chunks if c.choices[0].index == i]
+        assert "".join(c.text for c in mine) == plain.choices[i].text == library[3](definition, [], [inputs[i]])[0]
+        assert mine[-1].finish_reason == plain.choices[i].finish_reason in ("stop", "length")
+    assert plain.usage.completion_tokens > 0 and plain.usage.prompt_tokens > 0
+
+    # chat: the system message is the instruction (the same adapter as POST /v1/adapters makes)
+    messages = [{"role": "system", "content": definition}, {"role": "user", "content": inputs[0]}]
+    expected = _library_chat(library, definition, messages[1:])
+    assert expected
+    chat = client.chat.completions.create(model=library[2].model.name, messages=messages, max_tokens=MAX_NEW)
+    assert chat.model == aid and chat.choices[0].message.content == expected and chat.choices[0].message.role == "assistant"
+    streamed = list(client.chat.completions.create(model=library[2].model.name, messages=messages,
+                                                   max_tokens=MAX_NEW, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == expected
+    assert streamed[-1].choices[0].finish_reason == chat.choices[0].finish_reason
+    # or the adapter by id / from an `instruction` field
+    by_id = client.chat.completions.create(model=aid, messages=messages[1:], max_tokens=MAX_NEW)
+    by_field = client.chat.completions.create(model="", messages=messages[1:], max_tokens=MAX_NEW,
+                                              extra_body={"instruction": definition})
+    assert by_id.choices[0].message.content == by_field.choices[0].message.content == expected
+    with pytest.raises(openai.UnprocessableEntityError) as err:  # no adapter named, no instruction
+        client.chat.completions.create(model="", messages=messages[1:])
+    assert "model: name an adapter id" in err.value.response.text
+    with pytest.raises(openai.UnprocessableEntityError) as err:
+        client.chat.completions.create(model=aid, messages=messages[1:], tools=[{"type": "function", "function": {
+            "name": "f", "parameters": {}}}])
+    assert "tools" in err.value.response.text
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_row(server):
+    aid = _post(server, "/v1/adapters", {"instruction": TASKS[0][0]}).json()["adapter_id"]
+    stats = lambda: requests.get(f"{server}/v1/stats", timeout=30).json()["instance_inference"]  # noqa: E731
+    before = stats()["cancelled_rows"]
+    body = {"model": aid, "prompt": "a long answer please", "max_tokens": 128, "stream": True}
+    with requests.post(f"{server}/v1/completions", json=body, stream=True, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        first = next(line for line in r.iter_lines() if line)
+        assert first.startswith(b"data: {")
+    deadline = time.monotonic() + 30  # the connection is closed: the row is cancelled downstream
+    while stats()["cancelled_rows"] == before:
+        assert time.monotonic() < deadline, "the disconnected stream's row was never cancelled"
+        time.sleep(0.5)
+    ok = _post(server, "/v1/completions", {"model": aid, "prompt": "a", "max_tokens": 4})
+    assert ok.status_code == 200
+
+
+def test_an_uploaded_peft_adapter_serves_as_peft_model_generates(server, library, tmp_path):
+    """Upload the PEFT archive of an adapter: served without the instruction's fusion, its outputs
+    are PeftModel.from_pretrained's greedy ones; bad uploads get a 4xx naming what is wrong."""
+    import peft
+
+    model, tokenizer, cfg, _ = library
+    source = _post(server, "/v1/adapters", {"instruction": TASKS[3][0]}).json()["adapter_id"]
+    archive = requests.get(f"{server}/v1/adapters/{source}/peft", timeout=30).content
+    up = requests.post(f"{server}/v1/adapters/upload", data=archive, timeout=60)
+    assert up.status_code == 200, up.text
+    uploaded = up.json()
+    assert uploaded["adapter_id"].startswith("peft-") and uploaded["source"] == "peft"
+    assert requests.post(f"{server}/v1/adapters/upload", data=archive, timeout=60).json()["cached"] is True
+
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tmp_path, filter="data")
+    adapter_dir = tmp_path / source
+    peft_model = peft.PeftModel.from_pretrained(_fresh_base(cfg, adapter_dir), str(adapter_dir)).eval()
+    from tagi_ray.batching import prompt_batch
+
+    ids, mask = prompt_batch(tokenizer, model.is_encoder_decoder, [instance_text(x) for x in INPUTS],
+                             cfg.model.max_source_length)
+    out = peft_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=False,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    rows = [r.tolist() for r in (out[:, 1:] if model.is_encoder_decoder else out[:, ids.shape[1]:])]
+    expected = [tokenizer.decode(r[: r.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in r else r,
+                                 skip_special_tokens=True) for r in rows]
+    served = _post(server, "/v1/generate", {"adapter_id": uploaded["adapter_id"], "inputs": INPUTS,
+                                            "max_new_tokens": MAX_NEW}).json()["outputs"]
+    assert served == expected
+    assert uploaded["adapter_id"] in [m["id"] for m in requests.get(f"{server}/v1/models", timeout=30).json()["data"]]
+
+    def tar_of(files: dict[str, bytes]) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    good = {n: (adapter_dir / n).read_bytes() for n in ("adapter_config.json", "adapter_model.safetensors")}
+    bad = [(tar_of({"../../x/adapter_config.json": good["adapter_config.json"]}), 422, "outside the archive"),
+           (tar_of({**good, "adapter_model.bin": b"pickle"}), 422, "pickle"),
+           (tar_of({"adapter_config.json": b"{}", "adapter_model.safetensors": good["adapter_model.safetensors"]}),
+            422, "peft_type"),
+           (b"plain bytes", 422, "archive"),
+           (b"x" * ((1 << 20) + 1), 413, "archive")]
+    for data, status, words in bad:
+        r = requests.post(f"{server}/v1/adapters/upload", data=data, timeout=60)
+        assert r.status_code == status and words in r.text, (status, r.status_code, r.text)
+
+
+def test_per_adapter_metrics_reach_prometheus(server):
+    """Ray's metrics export (the node's Prometheus endpoint) has requests, tokens, latency and
+    cache lookups per adapter and route."""
+    aid = _post(server, "/v1/adapters", {"instruction": TASKS[2][0]}).json()["adapter_id"]
+    for _ in range(2):
+        assert _post(server, "/v1/completions", {"model": aid, "prompt": "x y", "max_tokens": 4}).status_code == 200
+    url = f"http://127.0.0.1:{os.environ['TAGI_TEST_METRICS_PORT']}/metrics"
+    wanted = [f'ray_tagi_requests_total{{', 'ray_tagi_output_tokens_total{', 'ray_tagi_request_latency_s_bucket{',
+              'ray_tagi_adapter_cache_total{']
+    deadline, text = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:  # Ray exports metrics every few seconds
+        text = requests.get(url, timeout=10).text
+        lines = [line for line in text.splitlines() if aid in line]
+        if all(any(line.startswith(w) for line in lines) for w in wanted):
+            break
+        time.sleep(2)
+    lines = [line for line in text.splitlines() if aid in line]
+    for w in wanted:
+        assert any(line.startswith(w) for line in lines), (w, lines[:10])
+    request_lines = [line for line in lines if line.startswith("ray_tagi_requests_total{")]
+    assert any('route="/v1/completions"' in line and 'status="200"' in line for line in request_lines), request_lines
+
+
 def _checkpoint_on_free_port(checkpoint: Path, out: Path) -> tuple[Path, int]:
     """A copy of the checkpoint whose config serves on a free port (the README's command has no --port)."""
     import yaml
@@ -322,6 +480,8 @@ def test_adapters_live_in_a_store_every_replica_shares_and_a_restarted_replica_f
         expected = library[3](definition, examples, INPUTS)
         body = {"adapter_id": aid, "inputs": INPUTS, "max_new_tokens": MAX_NEW}
         assert _post(server, "/b/v1/generate", body).json()["outputs"] == expected
+        no_chat = _post(server, "/b/v1/chat/completions", {"model": aid, "messages": [{"role": "user", "content": "a"}]})
+        assert no_chat.status_code == 422 and "no chat template" in no_chat.text  # b's base has none
         replicas = inference_replicas()
         assert len(replicas) == 2, replicas
         for name in replicas:
