@@ -109,6 +109,7 @@ class InstanceInference:
                                        [i.stream for i in items])
 
     def stats(self) -> dict:
-        return {"forward_batches": self.forward_batches, "instances": self.instances,
+        """This replica's counters (a call reaches one replica; `replica` says which)."""
+        return {"replica": serve.get_replica_context().replica_id.unique_id, "forward_batches": self.forward_batches, "instances": self.instances,
                 "largest_batch": self.largest_batch, "most_adapters_in_batch": self.most_adapters_in_batch,
                 "streamed": self.streamed, "cancelled_rows": self.cancelled_rows, "cache": self.adapters.stats()}
