@@ -36,7 +36,8 @@ def _ray_worker(loop: Callable[[dict, WorkerContext], Any], use_gpu: bool, confi
 
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
-    loop(config, WorkerContext(ctx.get_world_rank(), ctx.get_world_size(), device, report, latest_checkpoint))
+    loop(config, WorkerContext(ctx.get_world_rank(), ctx.get_world_size(), device, report, latest_checkpoint,
+                               node=ray.get_runtime_context().get_node_id()))
 
 
 def fit_workers(loop: Callable[[dict, WorkerContext], Any], config: dict, ray_cfg: RayConfig, name: str,

@@ -167,6 +167,7 @@ def meta_worker_loop(config: dict, ctx: WorkerContext) -> None:
     cfg = config_from_dict(config["cfg"])
     stage = config["stage"]
     rank, world, device = ctx.rank, ctx.world_size, ctx.device
+    ctx.record(config["log_dir"], f"meta-{stage}")
     on_gpu = device.type == "cuda"
     if not on_gpu:
         skip_shm_build()

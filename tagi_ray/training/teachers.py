@@ -281,7 +281,7 @@ def teacher_worker_loop(config: dict, ctx: WorkerContext) -> None:
                        "exact_match": teacher_scores[t.name]["exact_match"], "held_back": len(t.held_back),
                        "base_rougeL": base_scores[t.name]["rougeL"], "base_exact_match": base_scores[t.name]["exact_match"],
                        "held_back_loss": teacher_loss[t.name], "base_held_back_loss": base_loss[t.name],
-                       "seconds": result.seconds / len(pack), "worker": rank, "host": socket.gethostname(),
+                       "seconds": result.seconds / len(pack), "worker": rank, "host": socket.gethostname(), "node": ctx.node,
                        "time": time.time(), "rank": cfg.lora.rank,
                        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
                 own = weights.select(pack.index(t)).detach()

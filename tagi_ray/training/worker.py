@@ -8,9 +8,11 @@ Ray (world size 1, checkpoints kept in a local directory).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +46,16 @@ class WorkerContext:
     device: torch.device = torch.device("cpu")
     report: Callable[[dict, Path | None], None] = lambda metrics, checkpoint_dir=None: None
     latest_checkpoint: Callable[[], ContextManager[Path | None]] = _no_checkpoint
+    node: str = field(default_factory=socket.gethostname)  # the cluster node it runs on (Ray: node id)
+
+    def record(self, directory: str | Path, kind: str) -> None:
+        """Note in `directory/workers/` which node and process this rank runs on (one file per
+        start: restarts on other nodes stay visible)."""
+        out = Path(directory) / "workers"
+        out.mkdir(parents=True, exist_ok=True)
+        info = {"kind": kind, "rank": self.rank, "world_size": self.world_size, "node": self.node,
+                "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+        (out / f"{kind}-rank{self.rank}-{os.getpid()}.json").write_text(json.dumps(info))
 
 
 def default_device(use_gpu: bool) -> torch.device:

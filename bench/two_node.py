@@ -1,0 +1,251 @@
+"""A real two-node Ray cluster on this machine: the teacher fleet and meta-training submitted with
+`ray job submit`, workers on both nodes, checkpoints in storage both nodes see, and
+meta-training surviving the loss of the second node.
+
+    python bench/two_node.py [--workdir /tmp/tagi-2n]
+
+- head: `ray start --head --block` (1 CPU, its own ports and temp dir); node 2: `ray start
+  --address <head> --block` (1 CPU, its own ports and temp dir). Each Ray Train worker asks 1 CPU,
+  so a 2-worker group spans both nodes.
+- job 1, `jobs/train_teachers.py`: 16 tiny teachers, 2 workers; their rows name the node each
+  trained on.
+- job 2, `jobs/meta_train.py` (DeepSpeed ZeRO-2, 2 workers, `ray.max_failures=3`, a checkpoint
+  every 10 steps into `--workdir/storage`): once a stage-2 checkpoint is in storage, node 2 is
+  killed (SIGKILL to its process group, as a machine loss); a replacement node 3 joins; Ray
+  Train restarts the worker group from the last checkpoint. `steps.jsonl` and the workers'
+  `workers/*.json` show the restart and the nodes.
+
+Prints what it checks and a JSON summary; exit status 1 if a check fails. Only the processes of
+this script's nodes are stopped (never `ray stop`). ~5-8 minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+BUDGET = ["train.prompt_tuning_steps=20", "teachers.max_tasks=16", "teachers.pack_size=4", "teachers.steps=20",
+          "train.pretrain_steps=0", "train.meta_steps=60", "train.checkpoint_every=10", "data.max_eval_instances=4",
+          "baselines.methods=[]", "ray.num_workers=2", "ray.cpus_per_worker=1", "ray.max_failures=3"]
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def env() -> dict:
+    e = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+         "RAY_USAGE_STATS_ENABLED": "0", "DS_ACCELERATOR": "cpu", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}
+    e["PATH"] = f"{BIN}{os.pathsep}{e['PATH']}"
+    e.pop("RAY_ADDRESS", None)
+    return e
+
+
+class Node:
+    """One `ray start --block` node with its own temp dir and ports; stopped by pid, never `ray stop`."""
+
+    def __init__(self, name: str, root: Path, head_gcs: str | None = None):
+        self.temp_dir = str(root / name)
+        Path(self.temp_dir).mkdir(parents=True, exist_ok=True)
+        ports = free_ports(9)
+        common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", self.temp_dir,
+                  "--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
+                  "--metrics-export-port", str(ports[2]), "--runtime-env-agent-port", str(ports[3]),
+                  "--dashboard-agent-listen-port", str(ports[4]), "--dashboard-agent-grpc-port", str(ports[5]),
+                  "--disable-usage-stats", "--block"]
+        if head_gcs is None:
+            self.gcs, self.dashboard = f"127.0.0.1:{ports[6]}", f"http://127.0.0.1:{ports[7]}"
+            cmd = [str(BIN / "ray"), "start", "--head", "--port", str(ports[6]), "--dashboard-host", "127.0.0.1",
+                   "--dashboard-port", str(ports[7]), "--ray-client-server-port", str(ports[8]), *common]
+        else:
+            self.gcs, self.dashboard = head_gcs, ""
+            cmd = [str(BIN / "ray"), "start", "--address", head_gcs, *common]
+        self.log = open(Path(self.temp_dir) / "node.log", "w")
+        self.proc = subprocess.Popen(cmd, env=env(), start_new_session=True, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def processes(self) -> list[psutil.Process]:
+        procs = {}
+        try:
+            procs = {p.pid: p for p in psutil.Process(self.proc.pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            pass
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if self.temp_dir in " ".join(p.info["cmdline"] or []):
+                    procs[p.pid] = p
+            except psutil.Error:
+                continue
+        procs.pop(os.getpid(), None)
+        return list(procs.values())
+
+    def kill(self) -> None:
+        """SIGKILL to the node's processes at once (a lost machine, no goodbye)."""
+        for p in self.processes() + [psutil.Process(self.proc.pid)]:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        procs = self.processes()
+        for p in procs:
+            try:
+                p.terminate()
+            except psutil.Error:
+                pass
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        for p in alive + self.processes():
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def alive_nodes(dashboard: str) -> list[str]:
+    """Node ids of the cluster's live nodes (Ray's state API)."""
+    with urllib.request.urlopen(f"{dashboard}/api/v0/nodes?limit=100", timeout=10) as r:
+        data = json.loads(r.read())["data"]["result"]
+    return sorted(n["node_id"] for n in data.get("result", data) if n["state"] == "ALIVE")
+
+
+def wait_for(predicate, timeout_s: float, what: str, every_s: float = 1.0):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except OSError:
+            pass
+        time.sleep(every_s)
+    raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def submit(dashboard: str, script: str, run: Path, storage: Path, job_id: str) -> None:
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", dashboard, "--submission-id", job_id, "--no-wait",
+           "--working-dir", str(REPO), "--", "python", script, "--config", "configs/tiny.yaml", "--out", str(run),
+           "--set", f"ray.storage_path={storage}"] + [x for b in BUDGET for x in ("--set", b)]
+    subprocess.run(cmd, env=env(), check=True, capture_output=True, text=True)
+
+
+def job_status(dashboard: str, job_id: str) -> str:
+    with urllib.request.urlopen(f"{dashboard}/api/jobs/{job_id}", timeout=10) as r:
+        return json.loads(r.read())["status"]
+
+
+def job_logs(dashboard: str, job_id: str) -> str:
+    with urllib.request.urlopen(f"{dashboard}/api/jobs/{job_id}/logs", timeout=10) as r:
+        return json.loads(r.read())["logs"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", default="/tmp/tagi-2n")
+    args = p.parse_args()
+    root = Path(args.workdir)
+    shutil.rmtree(root, ignore_errors=True)
+    run, storage = root / "run", root / "storage"
+    nodes: list[Node] = []
+    summary: dict = {"name": "two_node"}
+    checks: dict[str, bool] = {}
+    t_start = time.time()
+    try:
+        head = Node("head", root)
+        nodes.append(head)
+        wait_for(lambda: urllib.request.urlopen(f"{head.dashboard}/api/version", timeout=2), 120, "the head")
+        node2 = Node("node2", root, head.gcs)
+        nodes.append(node2)
+        first_two = wait_for(lambda: (n := alive_nodes(head.dashboard)) if len(n) == 2 else None, 120, "node 2")
+        summary["nodes"] = first_two
+
+        # job 1: the teacher fleet
+        t0 = time.time()
+        submit(head.dashboard, "jobs/train_teachers.py", run, storage, "teachers")
+        status = wait_for(lambda: (s := job_status(head.dashboard, "teachers")) in ("SUCCEEDED", "FAILED", "STOPPED")
+                          and s, 900, "the teachers job", 2)
+        rows = [json.loads(p.read_text()) for p in (run / "teachers").glob("*/teacher.json")]
+        teacher_nodes = sorted({r["node"] for r in rows})
+        summary["teachers"] = {"status": status, "seconds": round(time.time() - t0), "teachers": len(rows),
+                               "nodes": teacher_nodes}
+        checks["teachers job SUCCEEDED"] = status == "SUCCEEDED"
+        checks["teachers trained on both nodes"] = set(teacher_nodes) == set(first_two)
+        print(f"teachers: {status}, {len(rows)} teachers on nodes {[n[:8] for n in teacher_nodes]} "
+              f"in {summary['teachers']['seconds']} s", flush=True)
+
+        # job 2: meta-training, node 2 lost mid-run, a replacement joins
+        t0 = time.time()
+        submit(head.dashboard, "jobs/meta_train.py", run, storage, "meta")
+        checkpoint = wait_for(lambda: sorted(storage.glob("**/checkpoint_*")), 900, "a meta-training checkpoint", 1)
+        killed_at = time.time()
+        node2.kill()
+        print(f"meta: checkpoint {checkpoint[-1].name} in storage after {killed_at - t0:.0f} s; node 2 killed",
+              flush=True)
+        wait_for(lambda: len(alive_nodes(head.dashboard)) == 1, 120, "node 2 to be seen dead")
+        node3 = Node("node3", root, head.gcs)
+        nodes.append(node3)
+        status = wait_for(lambda: (s := job_status(head.dashboard, "meta")) in ("SUCCEEDED", "FAILED", "STOPPED")
+                          and s, 1200, "the meta-training job", 2)
+        workers = [json.loads(p.read_text()) for p in run.glob("**/workers/meta-meta-rank*.json")]
+        before = sorted({w["node"] for w in workers if w["time"] < killed_at})
+        after = sorted({w["node"] for w in workers if w["time"] >= killed_at})
+        steps = [json.loads(line) for f in run.glob("**/steps.jsonl") for line in f.read_text().splitlines() if line]
+        step_ids = [s["step"] for s in steps if "step" in s]
+        restarted_from = next((b for a, b in zip(step_ids, step_ids[1:]) if b <= a), None)
+        checkpoints = sorted(str(p.relative_to(storage)) for p in storage.glob("**/checkpoint_*"))
+        summary["meta"] = {"status": status, "seconds": round(time.time() - t0), "nodes_before_kill": before,
+                           "nodes_after_kill": after, "restarted_at_step": restarted_from,
+                           "last_step": max(step_ids) if step_ids else None, "checkpoints_in_storage": checkpoints}
+        checks["meta job SUCCEEDED"] = status == "SUCCEEDED"
+        checks["meta workers on both nodes before the kill"] = set(before) == set(first_two)
+        checks["restart on the head and the replacement node"] = node2_id_gone(after, first_two) and len(after) == 2
+        checks["resumed from a checkpoint, not step 0"] = restarted_from is not None and restarted_from > 1
+        checks["checkpoints in the shared storage"] = bool(checkpoints)
+        print(f"meta: {status} in {summary['meta']['seconds']} s; workers on {[n[:8] for n in before]} before the "
+              f"kill, {[n[:8] for n in after]} after; steps resumed at {restarted_from} (last "
+              f"{summary['meta']['last_step']}); {len(checkpoints)} checkpoints in {storage}", flush=True)
+        if status != "SUCCEEDED":
+            print(job_logs(head.dashboard, "meta")[-3000:])
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+    summary["checks"] = checks
+    summary["wall_s"] = round(time.time() - t_start)
+    for name, ok in checks.items():
+        print(f"  {'ok ' if ok else 'FAIL'} {name}")
+    print(json.dumps(summary))
+    return 0 if checks and all(checks.values()) else 1
+
+
+def node2_id_gone(after: list[str], first_two: list[str]) -> bool:
+    """After the kill, no worker ran on the lost node (the head's id is kept, node 2's is not)."""
+    return len(set(after) & set(first_two)) == 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
