@@ -10,7 +10,7 @@ meta-training surviving the loss of the second node.
 - job 1, `jobs/train_teachers.py`: 16 tiny teachers, 2 workers; their rows name the node each
   trained on.
 - job 2, `jobs/meta_train.py` (DeepSpeed ZeRO-2, 2 workers, `ray.max_failures=3`, a checkpoint
-  every 10 steps into `--workdir/storage`): once a stage-2 checkpoint is in storage, node 2 is
+  every 10 steps into `--workdir/storage`): once two stage-2 checkpoints are in storage, node 2 is
   killed (SIGKILL to its process group, as a machine loss); a replacement node 3 joins; Ray
   Train restarts the worker group from the last checkpoint. `steps.jsonl` and the workers'
   `workers/*.json` show the restart and the nodes.
@@ -53,7 +53,8 @@ def free_ports(n: int) -> list[int]:
 
 
 def env() -> dict:
-    e = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+    # "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0" (the tests' setting) refuses a second node
+    e = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_AUTH_MODE": "disabled",
          "RAY_USAGE_STATS_ENABLED": "0", "DS_ACCELERATOR": "cpu", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}
     e["PATH"] = f"{BIN}{os.pathsep}{e['PATH']}"
     e.pop("RAY_ADDRESS", None)
@@ -181,7 +182,7 @@ def main() -> int:
         wait_for(lambda: urllib.request.urlopen(f"{head.dashboard}/api/version", timeout=2), 120, "the head")
         node2 = Node("node2", root, head.gcs)
         nodes.append(node2)
-        first_two = wait_for(lambda: (n := alive_nodes(head.dashboard)) if len(n) == 2 else None, 120, "node 2")
+        first_two = wait_for(lambda: n if len(n := alive_nodes(head.dashboard)) == 2 else None, 120, "node 2")
         summary["nodes"] = first_two
 
         # job 1: the teacher fleet
@@ -201,7 +202,10 @@ def main() -> int:
         # job 2: meta-training, node 2 lost mid-run, a replacement joins
         t0 = time.time()
         submit(head.dashboard, "jobs/meta_train.py", run, storage, "meta")
-        checkpoint = wait_for(lambda: sorted(storage.glob("**/checkpoint_*")), 900, "a meta-training checkpoint", 1)
+        # two checkpoints in storage: the first is then registered with Ray Train (a checkpoint
+        # counts once every rank has reported it; a node lost right after the upload loses it)
+        checkpoint = wait_for(lambda: c if len(c := checkpoint_dirs(storage)) >= 2 else None, 900,
+                              "two meta-training checkpoints", 0.5)
         killed_at = time.time()
         node2.kill()
         print(f"meta: checkpoint {checkpoint[-1].name} in storage after {killed_at - t0:.0f} s; node 2 killed",
@@ -217,7 +221,7 @@ def main() -> int:
         steps = [json.loads(line) for f in run.glob("**/steps.jsonl") for line in f.read_text().splitlines() if line]
         step_ids = [s["step"] for s in steps if "step" in s]
         restarted_from = next((b for a, b in zip(step_ids, step_ids[1:]) if b <= a), None)
-        checkpoints = sorted(str(p.relative_to(storage)) for p in storage.glob("**/checkpoint_*"))
+        checkpoints = [str(p.relative_to(storage)) for p in checkpoint_dirs(storage)]
         summary["meta"] = {"status": status, "seconds": round(time.time() - t0), "nodes_before_kill": before,
                            "nodes_after_kill": after, "restarted_at_step": restarted_from,
                            "last_step": max(step_ids) if step_ids else None, "checkpoints_in_storage": checkpoints}
@@ -240,6 +244,11 @@ def main() -> int:
         print(f"  {'ok ' if ok else 'FAIL'} {name}")
     print(json.dumps(summary))
     return 0 if checks and all(checks.values()) else 1
+
+
+def checkpoint_dirs(storage: Path) -> list[Path]:
+    """Ray Train's checkpoint directories under the storage path (not its snapshot files)."""
+    return sorted(p for p in storage.glob("**/checkpoint_*") if p.is_dir())
 
 
 def node2_id_gone(after: list[str], first_two: list[str]) -> bool:
