@@ -12,7 +12,7 @@ change. Any 5xx other than the burst's 503s is a failure. Reported: req/s, p50/p
 phase's valid requests, instances per forward batch, the status codes of every phase.
 
     python bench/serve_load.py [--checkpoint DIR] [--requests 400] [--seconds 90] [--concurrency 16]
-                               [--adapters 16] [--burst 160]
+                               [--adapters 16] [--burst 160] [--batch-wait-s 0.01]
 
 Without --checkpoint a seeded random tiny checkpoint (configs/tiny.yaml) is written to a temp dir:
 latency and batching do not depend on trained weights. The last line is a JSON summary; the
@@ -132,6 +132,7 @@ def main() -> int:
     p.add_argument("--adapters", type=int, default=16)
     p.add_argument("--burst", type=int, default=160)
     p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--batch-wait-s", type=float, default=0.01, help="serve.batch_wait_timeout_s")
     args = p.parse_args()
 
     import ray
@@ -145,7 +146,7 @@ def main() -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
-    limits = {"max_batch_size": 32, "batch_wait_timeout_s": 0.01, "max_ongoing_requests": 8,
+    limits = {"max_batch_size": 32, "batch_wait_timeout_s": args.batch_wait_s, "max_ongoing_requests": 8,
               "max_queued_requests": 16, "retry_after_s": 1.0, "chat_template": CHAT_TEMPLATE,
               "adapter_store": str(Path(tmp.name) / "store")}
     url = start(ckpt, "127.0.0.1", port, overrides=limits, num_cpus=0.25, num_replicas={"InstanceInference": 2})
