@@ -55,6 +55,7 @@ def checkpoint(tmp_path_factory):
     everything, so "served equals the library" would compare empty strings.)"""
     cfg = tiny_test_config()
     bundle = load_base(cfg.model)
+    torch.manual_seed(0)  # the hypernetwork's init draws from the global RNG: same weights whatever ran before
     model = TagiModel(bundle, cfg.lora, cfg.hypernet, cfg.instruction)
     noise = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -95,7 +96,8 @@ def _post(url: str, path: str, body) -> requests.Response:
 
 def test_adapter_generate_peft_and_completions(server, library, tmp_path):
     model, tokenizer, cfg, answers = library
-    definition, examples = TASKS[2]
+    # the task whose adapter answers most inputs with text (a random tiny model answers some with '')
+    definition, examples = max(TASKS, key=lambda t: sum(map(bool, answers(t[0], t[1], INPUTS))))
     created = _post(server, "/v1/adapters", {"instruction": definition, "examples": examples}).json()
     assert created["cached"] is False and created["rank"] == cfg.lora.rank
     assert sorted(created["modules"]) == sorted(t.name for t in model.targets)
@@ -140,9 +142,13 @@ def test_adapter_generate_peft_and_completions(server, library, tmp_path):
     sample = lambda seed: [c.text for c in client.completions.create(  # noqa: E731
         model=aid, prompt=INPUTS[:2], max_tokens=MAX_NEW, temperature=1.0, top_p=0.95, seed=seed).choices]
     assert sample(3) == sample(3) and len({tuple(sample(s)) for s in range(4)}) > 1
-    stop = expected[0][1:3]
-    stopped = client.completions.create(model=aid, prompt=INPUTS[0], max_tokens=MAX_NEW, stop=[stop])
-    assert stopped.choices[0].text == expected[0][:expected[0].find(stop)]
+    # a one-character stop string whose first occurrence is past the start, after plain bytes only
+    # (a byte-level tokenizer decodes a cut multi-byte character differently from the whole text)
+    i, at = next((i, k) for i, text in enumerate(expected) for k in range(1, len(text))
+                 if text.find(text[k]) == k and text[:k + 1].isascii())
+    stop = expected[i][at]
+    stopped = client.completions.create(model=aid, prompt=INPUTS[i], max_tokens=MAX_NEW, stop=[stop])
+    assert stopped.choices[0].text == expected[i][:at]
     models = [m.id for m in client.models.list()]
     assert models[0] == library[2].model.name and aid in models
     with pytest.raises(openai.UnprocessableEntityError) as err:
