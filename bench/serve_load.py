@@ -24,7 +24,6 @@ import argparse
 import collections
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -138,13 +137,12 @@ def main() -> int:
     import ray
     from ray import serve
 
+    from tagi_ray.ports import free_ports
     from tagi_ray.serve.main import start
 
     tmp = tempfile.TemporaryDirectory()
     ckpt = args.checkpoint or str(tiny_checkpoint(Path(tmp.name) / "ckpt"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_ports()[0]
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
     limits = {"max_batch_size": 32, "batch_wait_timeout_s": args.batch_wait_s, "max_ongoing_requests": 8,
               "max_queued_requests": 16, "retry_after_s": 1.0, "chat_template": CHAT_TEMPLATE,

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,22 +33,13 @@ from pathlib import Path
 
 import psutil
 
+from tagi_ray.ports import free_ports
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 BUDGET = ["train.prompt_tuning_steps=20", "teachers.max_tasks=16", "teachers.pack_size=4", "teachers.steps=20",
           "train.pretrain_steps=0", "train.meta_steps=60", "train.checkpoint_every=10", "data.max_eval_instances=4",
           "baselines.methods=[]", "ray.num_workers=2", "ray.cpus_per_worker=1", "ray.max_failures=3"]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def env() -> dict:

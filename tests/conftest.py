@@ -35,11 +35,10 @@ def ray_cluster():
     """One local Ray cluster for the whole session (dashboard on: Train/Tune cleanup needs it)."""
     import ray
 
-    import socket
+    from tagi_ray.ports import free_ports
 
-    with socket.socket() as s:  # Prometheus metrics of this node (tests scrape the serve metrics)
-        s.bind(("127.0.0.1", 0))
-        os.environ["TAGI_TEST_METRICS_PORT"] = str(s.getsockname()[1])
+    # Prometheus metrics of this node (tests scrape the serve metrics)
+    os.environ["TAGI_TEST_METRICS_PORT"] = str(free_ports()[0])
     ray.init(num_cpus=2, include_dashboard=True, _metrics_export_port=int(os.environ["TAGI_TEST_METRICS_PORT"]))
     yield
     ray.shutdown()

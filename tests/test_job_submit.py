@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from tagi_ray.ports import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
@@ -42,17 +43,6 @@ class Head:
     address: str  # the dashboard / job API, http://127.0.0.1:<port>
     gcs: str  # 127.0.0.1:<port>, what the job's driver connects to
     temp_dir: str
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _env() -> dict:
@@ -111,7 +101,7 @@ def ray_head():
     """`ray start --head --block` on loopback with its own ports and temp dir; yields its
     addresses; afterwards stops exactly the processes of this head."""
     temp_dir = tempfile.mkdtemp(prefix="trj", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
-    gcs, dash, client, agent, agent_grpc, metrics, runtime_env, node_mgr, obj_mgr = _free_ports(9)
+    gcs, dash, client, agent, agent_grpc, metrics, runtime_env, node_mgr, obj_mgr = free_ports(9)
     cmd = [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
            "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
@@ -179,7 +169,7 @@ def test_pipeline_as_ray_job(ray_head, tmp_path):
     import yaml
 
     config = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     config["http_options"]["port"] = port
     config["applications"][0]["args"]["checkpoint"] = str(out / "hypernet")
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -26,6 +25,7 @@ from tagi_ray.data.prompts import instance_text, instruction_text
 from tagi_ray.inference import generate_with_instructions
 from tagi_ray.checkpoint import save_checkpoint
 from tagi_ray.models.base import load_base
+from tagi_ray.ports import free_ports
 from tagi_ray.tagi import TagiModel
 from tests.conftest import tiny_test_config
 
@@ -40,12 +40,6 @@ MAX_NEW = 12
 # the tiny base's ByT5 tokenizer has no chat template: the test server is given one
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<assistant>{% endif %}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +65,7 @@ def server(ray_cluster, checkpoint, tmp_path_factory):
     from tagi_ray.serve.main import start
 
     store = tmp_path_factory.mktemp("adapter_store")
-    url = start(str(checkpoint), "127.0.0.1", _free_port(), num_cpus=0.25,
+    url = start(str(checkpoint), "127.0.0.1", free_ports()[0], num_cpus=0.25,
                 overrides={"batch_wait_timeout_s": 0.2, "max_inputs": 8, "adapter_store": str(store),
                            "chat_template": CHAT_TEMPLATE, "max_upload_bytes": 1 << 20})
     yield url
@@ -380,7 +374,7 @@ def test_per_adapter_metrics_reach_prometheus(server):
     for _ in range(2):
         assert _post(server, "/v1/completions", {"model": aid, "prompt": "x y", "max_tokens": 4}).status_code == 200
     url = f"http://127.0.0.1:{os.environ['TAGI_TEST_METRICS_PORT']}/metrics"
-    wanted = [f'ray_tagi_requests_total{{', 'ray_tagi_output_tokens_total{', 'ray_tagi_request_latency_s_bucket{',
+    wanted = ['ray_tagi_requests_total{', 'ray_tagi_output_tokens_total{', 'ray_tagi_request_latency_s_bucket{',
               'ray_tagi_adapter_cache_total{']
     deadline, text = time.monotonic() + 90, ""
     while time.monotonic() < deadline:  # Ray exports metrics every few seconds
@@ -402,7 +396,7 @@ def _checkpoint_on_free_port(checkpoint: Path, out: Path) -> tuple[Path, int]:
 
     shutil.copytree(checkpoint, out)
     config = yaml.safe_load((out / "config.yaml").read_text())
-    port = _free_port()
+    port = free_ports()[0]
     config["serve"]["port"] = port
     (out / "config.yaml").write_text(yaml.safe_dump(config))
     return out, port

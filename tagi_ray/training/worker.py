@@ -21,6 +21,8 @@ from typing import Any, ContextManager
 
 import torch
 
+from tagi_ray.ports import free_ports
+
 
 class InjectedFault(RuntimeError):
     """Raised on purpose (teachers.fail_after_tasks, train.fail_at_step) to test resumption."""
@@ -104,9 +106,7 @@ def _single_process_group() -> None:
 
     if dist.is_initialized():
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_ports()[0]
     for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
         os.environ[key] = value  # what DeepSpeed reads about the world
