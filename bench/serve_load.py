@@ -196,10 +196,21 @@ def main() -> int:
     retry_after: set[str] = set()
 
     def burst_one(i: int) -> None:
-        r = requests.post(f"{url}/v1/generate", json={"adapter_id": ids[i % len(ids)], "inputs": [INPUTS[i % 3]],
-                                                      "max_new_tokens": args.max_new_tokens}, timeout=300)
+        """Every fourth request of the burst is streamed: a full queue must be a 503 for it too,
+        and a stream that got its 200 must end with [DONE]."""
+        kind = "stream" if i % 4 == 3 else "generate"
+        if kind == "stream":
+            r = requests.post(f"{url}/v1/completions", json={"model": ids[i % len(ids)], "prompt": INPUTS[i % 3],
+                                                             "max_tokens": args.max_new_tokens, "stream": True},
+                              stream=True, timeout=300)
+            if r.status_code == 200 and not read_sse(r)[1]:
+                with load.lock:
+                    load.errors.append("burst stream: 200 without [DONE]")
+        else:
+            r = requests.post(f"{url}/v1/generate", json={"adapter_id": ids[i % len(ids)], "inputs": [INPUTS[i % 3]],
+                                                          "max_new_tokens": args.max_new_tokens}, timeout=300)
         with load.lock:
-            burst_codes[r.status_code] += 1
+            burst_codes[f"{kind} {r.status_code}"] += 1
             if r.status_code == 503:
                 retry_after.add(r.headers.get("retry-after", "missing"))
 
@@ -224,7 +235,7 @@ def main() -> int:
     batches = sum(after[r]["forward_batches"] - before.get(r, {}).get("forward_batches", 0) for r in after)
     instances = sum(after[r]["instances"] - before.get(r, {}).get("instances", 0) for r in after)
     five_xx = sum(n for code, n in (load.codes + after_codes).items() if code >= 500)
-    five_xx += sum(n for code, n in burst_codes.items() if code >= 500 and code != 503)
+    five_xx += sum(n for key, n in burst_codes.items() if int(key.split()[1]) >= 500 and not key.endswith(" 503"))
     summary = {"name": "serve_load", "replicas": len(after), "adapters": args.adapters, "concurrency": args.concurrency,
                "mixed_requests": sum(load.codes.values()), "mixed_seconds": round(wall, 2),
                "req_per_s": round(sum(load.codes.values()) / wall, 1), "valid_ok": len(load.latencies),
@@ -234,7 +245,7 @@ def main() -> int:
                "burst_seconds": round(burst_wall, 2), "retry_after": sorted(retry_after),
                "after_codes": dict(after_codes), "probe_unchanged": all(x == reference for x in probes),
                "other_5xx": five_xx, "errors": load.errors[:5]}
-    ok = (summary["probe_unchanged"] and five_xx == 0 and burst_codes.get(503, 0) > 0 and not load.errors
+    ok = (summary["probe_unchanged"] and five_xx == 0 and burst_codes.get("generate 503", 0) > 0 and not load.errors
           and after_codes == {200: 32} and "missing" not in retry_after)
     print(f"mixed: {summary['mixed_requests']} requests in {summary['mixed_seconds']} s ({summary['req_per_s']} "
           f"req/s; valid p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms; "

@@ -13,11 +13,12 @@ import sys
 import time
 
 from tagi_ray.config import TagiConfig
+from tagi_ray.data.tables import select_split
 from tagi_ray.jobs.job_args import job_config, job_parser
 from tagi_ray.run_dir import RunDir
 from tagi_ray.stages import ensure_base, ensure_data, record_config
 from tagi_ray.training.teacher_store import merge_manifest, pending_tasks
-from tagi_ray.training.teachers import teacher_worker_loop
+from tagi_ray.training.teachers import task_lengths, teacher_worker_loop
 from tagi_ray.training.worker import default_device, run_in_process
 
 
@@ -30,7 +31,8 @@ def run_teachers(cfg: TagiConfig, run: RunDir, on_ray: bool = True) -> list[dict
     print(f"teachers: {len(wanted) - len(pending)}/{len(wanted)} complete, {len(pending)} to train "
           f"(K={cfg.teachers.pack_size}, {cfg.ray.num_workers if on_ray else 1} workers)", flush=True)
     if pending:
-        config = {"cfg": cfg.to_dict(), "table": table, "base": str(base), "teachers_dir": str(run.teachers),
+        config = {"cfg": cfg.to_dict(), "table_path": str(run.table), "base": str(base),
+                  "lengths": task_lengths(select_split(table, "train")), "teachers_dir": str(run.teachers),
                   "pending": pending}
         try:
             if on_ray:

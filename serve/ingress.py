@@ -78,6 +78,17 @@ def _usage(done: list[Completion]) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+_END = object()  # a stream that ended before its first item
+
+
+async def _first(stream):
+    """The first item of a DeploymentResponseGenerator (raises its rejection, e.g. a full queue)."""
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return _END
+
+
 def _sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
@@ -115,25 +126,36 @@ class TagiIngress:
                        sum(c.completion_tokens for c in done))
         return done
 
-    def _stream(self, request: Request, adapter_id: str, prompts: list[str], max_new: int | None,
-                decoding: Decoding, chunk) -> StreamingResponse:
+    async def _stream(self, request: Request, adapter_id: str, prompts: list[str], max_new: int | None,
+                      decoding: Decoding, chunk) -> StreamingResponse:
         """Server-sent events: `chunk(index, piece, finish_reason)` per new piece of each prompt's
-        text (prompts interleaved as they are decoded), then `data: [DONE]`."""
+        text (prompts interleaved as they are decoded), then `data: [DONE]`. Each prompt's first
+        item is awaited before the 200 goes out, so a full InstanceInference queue is a 503 with
+        Retry-After, as for plain requests, not a stream that ends early."""
         n = max_new or self.limits.default_max_new_tokens
         route = _route(request)
+        streams = [self.inference.options(stream=True).complete_stream.remote(adapter_id, p, n, decoding)
+                   for p in prompts]
+        try:
+            firsts = list(await asyncio.gather(*[_first(s) for s in streams]))
+        except BaseException:
+            for s in streams:
+                s.cancel()
+            raise
 
         async def events() -> AsyncIterator[str]:
             merged: asyncio.Queue = asyncio.Queue()
 
-            async def pump(i: int, prompt: str) -> None:
+            async def pump(i: int) -> None:
                 try:
-                    async for item in self.inference.options(stream=True).complete_stream.remote(
-                            adapter_id, prompt, n, decoding):
-                        await merged.put((i, item))
+                    if firsts[i] is not _END:
+                        await merged.put((i, firsts[i]))
+                        async for item in streams[i]:
+                            await merged.put((i, item))
                 finally:
                     await merged.put((i, None))
 
-            tasks = [asyncio.ensure_future(pump(i, p)) for i, p in enumerate(prompts)]
+            tasks = [asyncio.ensure_future(pump(i)) for i in range(len(prompts))]
             open_, tokens = len(prompts), [0, 0]
             try:
                 while open_:
@@ -152,6 +174,8 @@ class TagiIngress:
             finally:
                 for t in tasks:
                     t.cancel()  # the client went away: the rows are cancelled downstream
+                for s in streams:
+                    s.cancel()
                 observe_tokens(route, adapter_id, *tokens)
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -224,7 +248,7 @@ class TagiIngress:
                 "model": adapter_id}
         prompts = [instance_text(p) for p in prompts]
         if req.stream:
-            return self._stream(request, adapter_id, prompts, req.max_tokens, req.decoding(), lambda i, text, why: {
+            return await self._stream(request, adapter_id, prompts, req.max_tokens, req.decoding(), lambda i, text, why: {
                 **head, "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": why}]})
         done = await self._complete(request, adapter_id, prompts, req.max_tokens, req.decoding())
         return {**head, "choices": [{"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
@@ -256,7 +280,7 @@ class TagiIngress:
                 delta = {"role": "assistant", "content": text} if text else {}
                 return {**head, "object": "chat.completion.chunk",
                         "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": why}]}
-            return self._stream(request, adapter_id, [prompt], max_tokens, req.decoding(), chunk)
+            return await self._stream(request, adapter_id, [prompt], max_tokens, req.decoding(), chunk)
         done = await self._complete(request, adapter_id, [prompt], max_tokens, req.decoding())
         return {**head, "object": "chat.completion", "usage": _usage(done),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": done[0].text},

@@ -1,3 +1,4 @@
+import pyarrow as pa
 import pytest
 
 from tagi_ray.data.export import build_table
@@ -44,3 +45,26 @@ def test_non_task_table_is_refused(tmp_path):
     write_table(pa.table({"x": [1]}), tmp_path / "x.parquet")
     with pytest.raises(ValueError, match="missing columns"):
         read_table(tmp_path / "x.parquet")
+
+
+def test_read_task_rows_reads_one_pack_without_the_rest(shared_sni_dir, tmp_path, monkeypatch):
+    """Teacher workers read their pack's rows from the run's Parquet table: the same rows as
+    filtering the whole table, from row groups that hold few tasks each (so the others are
+    skipped by their statistics)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from tagi_ray.data import tables
+    from tagi_ray.data.tables import read_task_rows
+
+    monkeypatch.setattr(tables, "ROW_GROUP_ROWS", 64)
+    table, _ = build_table(shared_sni_dir, ("train", "test"), max_instances=16, max_eval_instances=5)
+    path = write_table(table, tmp_path / "tasks.parquet")
+    train = select_split(table, "train")
+    names = sorted(set(train.column("task").to_pylist()))[10:14]
+    got = read_task_rows(path, "train", names)
+    assert got.equals(train.filter(pc.is_in(train.column("task"), value_set=pa.array(names))))
+    assert got.num_rows == 4 * 16 and read_task_rows(path, "train", []).num_rows == 0
+    fragment = next(ds.dataset(path).get_fragments())
+    groups = fragment.split_by_row_group(ds.field("task").isin(names) & (ds.field("split") == "train"))
+    assert 1 <= len(groups) <= 3 < fragment.num_row_groups  # the pack's groups, not the file's

@@ -84,7 +84,8 @@ def test_teacher_loop_runs_without_ray_reporting_through_its_context(warm_run, t
     run = run_with_shared_base(warm_run, tmp_path / "run")
     tasks = TASKS[:4]
     cfg = tiny_test_config(teachers={"tasks": tasks, "steps": 5, "pack_size": 2})
-    config = {"cfg": cfg.to_dict(), "table": read_table(run.table), "base": str(run.base),
+    lengths = task_lengths(select_split(read_table(run.table), "train"))
+    config = {"cfg": cfg.to_dict(), "table_path": str(run.table), "lengths": lengths, "base": str(run.base),
               "teachers_dir": str(run.teachers), "pending": tasks}
     reports: dict[int, list[dict]] = {0: [], 1: []}
     for rank in (0, 1):
@@ -94,7 +95,7 @@ def test_teacher_loop_runs_without_ray_reporting_through_its_context(warm_run, t
         [[(0, 2, 2)], [(0, 2, 2)]]  # one pack of K=2 per rank, reported once
     rows = merge_manifest(run.teachers)
     assert sorted(r["task"] for r in rows) == sorted(tasks)
-    plan = plan_packs(tasks, 2, 2, task_lengths(select_split(read_table(run.table), "train")))
+    plan = plan_packs(tasks, 2, 2, lengths)
     assert {r["task"]: r["worker"] for r in rows} == {t: w for w, packs in enumerate(plan) for p in packs for t in p}
 
 

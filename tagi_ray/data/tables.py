@@ -85,6 +85,9 @@ def _check_schema(table: pa.Table) -> None:
         raise ValueError(f"not a tagi-ray task table: missing columns {missing}")
 
 
+ROW_GROUP_ROWS = 2048  # Parquet row group: a worker reading one pack's tasks decodes only their groups
+
+
 def write_table(table: pa.Table, path: str | Path) -> Path:
     """Write as Parquet (`.parquet`) or Arrow IPC (`.arrow`), atomically (temp file + rename)."""
     path = Path(path)
@@ -94,7 +97,7 @@ def write_table(table: pa.Table, path: str | Path) -> Path:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
     elif path.suffix == ".parquet":
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
     else:
         raise ValueError(f"{path}: use a .parquet or .arrow file name")
     tmp.replace(path)
@@ -111,6 +114,14 @@ def read_table(path: str | Path) -> pa.Table:
         table = pq.read_table(path)
     _check_schema(table)
     return table
+
+
+def read_task_rows(path: str | Path, split: str, tasks: Iterable[str]) -> pa.Table:
+    """The rows of `tasks` in one split of a Parquet task table, without reading the rest: row
+    groups whose `task` statistics exclude them are skipped, so a worker's memory follows its
+    pack, not the number of tasks in the run."""
+    wanted = pa.array(sorted(tasks), pa.string())
+    return pq.read_table(path, filters=(pc.field("split") == split) & pc.field("task").isin(wanted), schema=SCHEMA)
 
 
 def to_hf_dataset(table: pa.Table):

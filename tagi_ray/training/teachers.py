@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 from tagi_ray.batching import prompt_batch
 from tagi_ray.config import TagiConfig, config_from_dict
 from tagi_ray.data.prompts import parse_prompt_format
-from tagi_ray.data.tables import select_split
+from tagi_ray.data.tables import read_task_rows
 from tagi_ray.lora import LoraBank, LoraWeights
 from tagi_ray.metrics import compute_metrics
 from tagi_ray.models.base import load_pretrained
@@ -232,10 +231,12 @@ def plan_packs(pending: Sequence[str], world: int, pack_size: int,
 
 
 def teacher_worker_loop(config: dict, ctx: WorkerContext) -> None:
-    """Train this worker's shard of pending teachers. `config`: {"cfg": dict, "table": Arrow
-    table, "base": path, "teachers_dir": path, "pending": [task names]}."""
+    """Train this worker's shard of pending teachers. `config`: {"cfg": dict, "table_path": the
+    run's Parquet task table, "lengths": {task: mean length} (`task_lengths`), "base": path,
+    "teachers_dir": path, "pending": [task names]}. Each pack's rows are read from the table when
+    the pack starts, so a worker never holds the whole fleet's data."""
     cfg = config_from_dict(config["cfg"])
-    table: pa.Table = config["table"]
+    table_path = Path(config["table_path"])
     rank, world = ctx.rank, ctx.world_size
     if ctx.device.type == "cpu":
         torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
@@ -246,16 +247,15 @@ def teacher_worker_loop(config: dict, ctx: WorkerContext) -> None:
     bundle = load_pretrained(str(base_path), cfg.model.dtype)
     model = TagiModel(bundle, cfg.lora, cfg.hypernet, cfg.instruction).eval().to(ctx.device)
     tokenizer = bundle.tokenizer
-    train = select_split(table, "train")
-    plan = plan_packs(list(config["pending"]), world, cfg.teachers.pack_size, task_lengths(train))
+    plan = plan_packs(list(config["pending"]), world, cfg.teachers.pack_size, config["lengths"])
     rounds = max((len(p) for p in plan), default=0)
     mine = plan[rank]
     num_pos = parse_prompt_format(cfg.data.prompt)
 
     def pack_data(names: list[str]) -> dict[str, TaskData]:
-        """One pack's examples, built when the pack starts: a worker's memory does not grow with
-        the fleet (all of a 756-task worker's examples up front cost ~280 MB)."""
-        rows = train.filter(pc.is_in(train.column("task"), value_set=pa.array(names, pa.string())))
+        """One pack's examples, read and built when the pack starts: a worker's memory does not
+        grow with the fleet (all of a 756-task worker's examples up front cost ~280 MB)."""
+        rows = read_task_rows(table_path, "train", names)
         return split_task_examples(table_examples(rows, num_pos), cfg.teachers.held_back, cfg.data.seed)
     nan_task = cfg.teachers.inject_nan_task or None
     total = sum(len(p) for p in mine)
