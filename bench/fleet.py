@@ -35,10 +35,21 @@ ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"
 ENV.pop("RAY_ADDRESS", None)
 
 
-def teachers_cmd(out: Path, n: int, k: int) -> list[str]:
+def teachers_cmd(out: Path, n: int, k: int, tasks: list[str] | None = None) -> list[str]:
+    """`tagi teachers` for a generated suite of `n` tasks (only `tasks` of it, when given)."""
+    only = ["--set", f"teachers.tasks={json.dumps(tasks)}"] if tasks else []
     return [TAGI, "teachers", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(out),
             "--set", f"data.builtin_tasks={n}", "--set", f"teachers.pack_size={k}",
-            "--set", "train.prompt_tuning_steps=0"]  # the base warm-up is not the fleet's cost
+            "--set", "train.prompt_tuning_steps=0", *only]  # the base warm-up is not the fleet's cost
+
+
+def longest_tasks(out: Path, n: int) -> list[str]:
+    """The `n` training tasks of the run `out` with the longest rows (`task_lengths`)."""
+    from tagi_ray.data.tables import read_table, select_split
+    from tagi_ray.training.teachers import task_lengths
+
+    lengths = task_lengths(select_split(read_table(out / "data" / "tasks.parquet"), "train"))
+    return sorted(lengths, key=lambda t: (-lengths[t], t))[:n]
 
 
 def rows(out: Path) -> list[dict]:
@@ -52,10 +63,10 @@ def rows(out: Path) -> list[dict]:
     return [r for r in found if r.get("status") == "complete"]
 
 
-def run_job(out: Path, n: int, k: int) -> dict:
+def run_job(out: Path, n: int, k: int, tasks: list[str] | None = None) -> dict:
     """One `tagi teachers` job to the end: wall time, what it trained, peak RSS per worker."""
     t0 = time.time()
-    proc = subprocess.run(teachers_cmd(out, n, k), cwd=REPO, env=ENV, capture_output=True, text=True)
+    proc = subprocess.run(teachers_cmd(out, n, k, tasks), cwd=REPO, env=ENV, capture_output=True, text=True)
     wall = time.time() - t0
     log = proc.stdout + proc.stderr
     (out / "fleet.log").write_text(log)
@@ -135,6 +146,9 @@ def main() -> int:
     p.add_argument("--no-sizes", action="store_true")
     p.add_argument("--no-packs", action="store_true")
     p.add_argument("--no-kill", action="store_true")
+    p.add_argument("--longest", type=int, default=50,
+                   help="then train only this many of the largest fleet's longest tasks (0: skip): is the "
+                        "peak set by the number of teachers or by the longest packs?")
     args = p.parse_args()
     root = Path(args.out)
     summary: dict = {"name": "fleet", "sizes": [], "packs": [], "kills": []}
@@ -151,6 +165,13 @@ def main() -> int:
             summary["sizes"].append(r)
             print(f"fleet {n:4d}, K=16: {r['trained']} trained in {r['wall_s']} s = {r['tasks_per_hour']} tasks/h; "
                   f"peak RSS per worker {r['peak_rss_mb']} MB", flush=True)
+    if summary["sizes"] and args.longest:
+        n = max(r["tasks"] for r in summary["sizes"])
+        names = longest_tasks(root / f"n{n}-k16", args.longest)
+        r = run_job(fresh(f"n{n}-longest{args.longest}"), n, 16, names)
+        summary["longest"] = r
+        print(f"the {args.longest} longest of {n} tasks, K=16: {r['trained']} trained in {r['wall_s']} s; "
+              f"peak RSS per worker {r['peak_rss_mb']} MB", flush=True)
     if not args.no_packs:
         for k in map(int, args.packs.split(",")):
             r = run_job(fresh(f"n{args.pack_fleet}-k{k}"), args.pack_fleet, k)
@@ -168,7 +189,10 @@ def main() -> int:
     rss = [v for r in summary["sizes"] for v in r["peak_rss_mb"].values()]
     if rss:
         summary["rss_spread"] = round(max(rss) / min(rss) - 1, 3)
-        print(f"peak RSS across fleet sizes: {min(rss)}-{max(rss)} MB ({summary['rss_spread']:+.1%} max/min)")
+        top = {r["tasks"]: max(r["peak_rss_mb"].values()) for r in summary["sizes"]}
+        summary["rss_top_per_fleet"] = top
+        print(f"peak RSS across fleet sizes: {min(rss)}-{max(rss)} MB ({summary['rss_spread']:+.1%} max/min); "
+              f"largest worker per fleet {top}")
     print(json.dumps(summary))
     return 0
 

@@ -234,6 +234,7 @@ def main() -> int:
     q = statistics.quantiles(load.latencies, n=100)
     batches = sum(after[r]["forward_batches"] - before.get(r, {}).get("forward_batches", 0) for r in after)
     instances = sum(after[r]["instances"] - before.get(r, {}).get("instances", 0) for r in after)
+    busy = [(after[r]["busy_s"] - before.get(r, {}).get("busy_s", 0.0)) / wall for r in after]
     five_xx = sum(n for code, n in (load.codes + after_codes).items() if code >= 500)
     five_xx += sum(n for key, n in burst_codes.items() if int(key.split()[1]) >= 500 and not key.endswith(" 503"))
     summary = {"name": "serve_load", "replicas": len(after), "adapters": args.adapters, "concurrency": args.concurrency,
@@ -241,6 +242,7 @@ def main() -> int:
                "req_per_s": round(sum(load.codes.values()) / wall, 1), "valid_ok": len(load.latencies),
                "p50_ms": round(q[49] * 1000, 1), "p99_ms": round(q[98] * 1000, 1),
                "instances_per_forward_batch": round(instances / max(batches, 1), 2),
+               "replica_busy_share": [round(b, 2) for b in busy],
                "mixed_codes": dict(load.codes), "burst": args.burst, "burst_codes": dict(burst_codes),
                "burst_seconds": round(burst_wall, 2), "retry_after": sorted(retry_after),
                "after_codes": dict(after_codes), "probe_unchanged": all(x == reference for x in probes),
@@ -249,7 +251,8 @@ def main() -> int:
           and after_codes == {200: 32} and "missing" not in retry_after)
     print(f"mixed: {summary['mixed_requests']} requests in {summary['mixed_seconds']} s ({summary['req_per_s']} "
           f"req/s; valid p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms; "
-          f"{summary['instances_per_forward_batch']} instances per forward batch); codes {dict(load.codes)}")
+          f"{summary['instances_per_forward_batch']} instances per forward batch; replicas busy "
+          f"{summary['replica_busy_share']} of the time); codes {dict(load.codes)}")
     print(f"burst of {args.burst}: {dict(burst_codes)} in {summary['burst_seconds']} s, Retry-After "
           f"{sorted(retry_after)}; after: {dict(after_codes)}; probe unchanged: {summary['probe_unchanged']}; "
           f"other 5xx: {five_xx} -> {'OK' if ok else 'FAILED'}")

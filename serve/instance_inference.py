@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -49,6 +50,7 @@ class InstanceInference:
         self.instances = 0
         self.largest_batch = 0
         self.most_adapters_in_batch = 0
+        self.busy_s = 0.0  # time inside forward batches: how loaded this replica was
         self.streamed = 0
         self.cancelled_rows = 0
 
@@ -103,13 +105,17 @@ class InstanceInference:
         self.instances += len(items)
         self.largest_batch = max(self.largest_batch, len(items))
         self.most_adapters_in_batch = max(self.most_adapters_in_batch, len({i.entry.adapter_id for i in items}))
-        return await asyncio.to_thread(complete_mixed, self.model, self.tokenizer, self.cfg,
-                                       [i.entry for i in items], [i.prompt for i in items],
-                                       [i.max_new_tokens for i in items], [i.decoding for i in items],
-                                       [i.stream for i in items])
+        start = time.perf_counter()
+        try:
+            return await asyncio.to_thread(complete_mixed, self.model, self.tokenizer, self.cfg,
+                                           [i.entry for i in items], [i.prompt for i in items],
+                                           [i.max_new_tokens for i in items], [i.decoding for i in items],
+                                           [i.stream for i in items])
+        finally:
+            self.busy_s += time.perf_counter() - start
 
     def stats(self) -> dict:
         """This replica's counters (a call reaches one replica; `replica` says which)."""
-        return {"replica": serve.get_replica_context().replica_id.unique_id, "forward_batches": self.forward_batches, "instances": self.instances,
-                "largest_batch": self.largest_batch, "most_adapters_in_batch": self.most_adapters_in_batch,
+        return {"replica": serve.get_replica_context().replica_id.unique_id, "forward_batches": self.forward_batches,
+                "instances": self.instances, "busy_s": round(self.busy_s, 3), "largest_batch": self.largest_batch, "most_adapters_in_batch": self.most_adapters_in_batch,
                 "streamed": self.streamed, "cancelled_rows": self.cancelled_rows, "cache": self.adapters.stats()}

@@ -32,6 +32,7 @@ from tagi_ray.config import TagiConfig, config_from_dict
 from tagi_ray.data.prompts import parse_prompt_format
 from tagi_ray.data.tables import read_task_rows
 from tagi_ray.lora import LoraBank, LoraWeights
+from tagi_ray.memory import release_freed_memory
 from tagi_ray.metrics import compute_metrics
 from tagi_ray.models.base import load_pretrained
 from tagi_ray.tagi import TagiModel
@@ -299,7 +300,10 @@ def teacher_worker_loop(config: dict, ctx: WorkerContext) -> None:
                 bar.update(1)
                 if 0 <= cfg.teachers.fail_after_tasks <= done:
                     raise InjectedFault(f"injected failure after {done} teachers (teachers.fail_after_tasks)")
-            mean_loss = sum(result.final_loss.values()) / max(1, len(result.final_loss))
-            metrics.update(tasks_done=done, pack_loss=mean_loss, pack_seconds=result.seconds)
+            final_loss, seconds = result.final_loss, result.seconds
+            del data, pack, ok, result, weights, ok_weights
+            release_freed_memory()  # a worker's resident set does not creep up pack after pack
+            mean_loss = sum(final_loss.values()) / max(1, len(final_loss))
+            metrics.update(tasks_done=done, pack_loss=mean_loss, pack_seconds=seconds)
         ctx.report(metrics, None)
     bar.close()
