@@ -6,11 +6,11 @@ transformers' `generate` runs greedy; `RowSampler` (a LogitsProcessor) replaces 
 row's scores by a one-hot on the token it drew from its own `torch.Generator`, so the greedy pick
 is that token; greedy rows pass through untouched. A row's draws depend only on its seed and its
 own logits, never on the other rows of the batch: the same request with the same seed gives the
-same text alone or in any mixed batch. `RowStopper` (a StoppingCriteria) ends a row once its
-text contains one of its stop strings; `cut_at_stop` trims the text before the stop string
-(OpenAI's convention). `RowProgress` (a StoppingCriteria) ends each row at its own token budget
-or once its client has gone away (the row's slot then stops costing decode steps), and hands
-streaming rows each new piece of text as it is decoded.
+same text alone or in any mixed batch. `RowProgress` (a StoppingCriteria) ends each row at its
+own token budget, once its text contains one of its stop strings, or once its client has gone
+away (the row's slot then stops costing decode steps), and hands streaming rows each new piece
+of text as it is decoded; `cut_at_stop` trims the text before the stop string (OpenAI's
+convention). A row's text is decoded once per step, and not at all once the row is done.
 """
 from __future__ import annotations
 
@@ -90,24 +90,6 @@ class RowSampler(LogitsProcessor):
         return out
 
 
-class RowStopper(StoppingCriteria):
-    """Done per row once its generated text contains one of its stop strings."""
-
-    def __init__(self, tokenizer, rows: Sequence[Decoding]):
-        self.tokenizer, self.stops = tokenizer, [d.stop for d in rows]
-        self.start: int | None = None
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        if self.start is None:  # first call: one new token after the prompt
-            self.start = input_ids.shape[1] - 1
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for i, stops in enumerate(self.stops):
-            if stops:
-                text = self.tokenizer.decode(input_ids[i, self.start:], skip_special_tokens=True)
-                done[i] = any(s in text for s in stops)
-        return done
-
-
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """The text up to (not including) the first occurrence of any stop string."""
     cut = min((text.find(s) for s in stop if s and s in text), default=-1)
@@ -143,33 +125,38 @@ def _held_back(text: str, stop: Sequence[str]) -> int:
 
 
 class RowProgress(StoppingCriteria):
-    """Per row: done at its own `max_new` tokens or once its stream is cancelled; a streaming row's
-    new text (up to any stop string, never a piece of one) goes to its `emit` after every step."""
+    """Per row: done at its own `max_new` tokens, at one of its stop strings, or once its stream
+    is cancelled; a streaming row's new text (up to any stop string, never a piece of one) goes to
+    its `emit` after every step."""
 
     def __init__(self, tokenizer, rows: Sequence[Decoding], max_new: Sequence[int],
                  streams: Sequence[RowStream | None]):
         self.tokenizer, self.rows, self.max_new, self.streams = tokenizer, list(rows), list(max_new), list(streams)
         self.start: int | None = None
+        self.finished = [False] * len(self.rows)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         if self.start is None:  # first call: one new token after the prompt
             self.start = input_ids.shape[1] - 1
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         made = input_ids.shape[1] - self.start
         for i, (d, n, stream) in enumerate(zip(self.rows, self.max_new, self.streams)):
-            done[i] = made >= n
-            if stream is None:
+            if self.finished[i]:
                 continue
-            if stream.cancelled():
-                done[i] = True
+            if stream is not None and stream.cancelled():
+                self.finished[i] = True
                 continue
-            text = cut_at_stop(self.tokenizer.decode(input_ids[i, self.start:self.start + n],
-                                                     skip_special_tokens=True), d.stop)
-            ready = text[:len(text) - _held_back(text, d.stop)]
-            if len(ready) > len(stream.sent) and ready.startswith(stream.sent):
-                stream.emit(ready[len(stream.sent):])
-                stream.sent = ready
-        return done
+            done = made >= n
+            if d.stop or stream is not None:
+                full = self.tokenizer.decode(input_ids[i, self.start:self.start + n], skip_special_tokens=True)
+                text = cut_at_stop(full, d.stop)
+                done = done or len(text) < len(full)  # a stop string appeared
+                if stream is not None:
+                    ready = text[:len(text) - _held_back(text, d.stop)]
+                    if len(ready) > len(stream.sent) and ready.startswith(stream.sent):
+                        stream.emit(ready[len(stream.sent):])
+                        stream.sent = ready
+            self.finished[i] = done
+        return torch.tensor(self.finished, dtype=torch.bool, device=input_ids.device)
 
 
 def finish_stream(stream: RowStream, text: str) -> None:
@@ -184,14 +171,10 @@ def generate_options(tokenizer, rows: Sequence[Decoding], max_new: Sequence[int]
     """Keyword arguments for `TagiModel.generate` (none when every row is greedy without stops,
     streams or differing budgets)."""
     options: dict = {}
-    criteria: list[StoppingCriteria] = []
     if any(d.sampled for d in rows):
         options["logits_processor"] = [RowSampler(rows)]
-    if any(d.stop for d in rows):
-        criteria.append(RowStopper(tokenizer, rows))
     streams = list(streams) if streams is not None else [None] * len(rows)
-    if max_new is not None and (len(set(max_new)) > 1 or any(streams)):
-        criteria.append(RowProgress(tokenizer, rows, max_new, streams))
-    if criteria:
-        options["stopping_criteria"] = criteria
+    budgets = list(max_new) if max_new is not None else [10**9] * len(rows)  # else generate's own limit
+    if any(d.stop for d in rows) or len(set(budgets)) > 1 or any(streams):
+        options["stopping_criteria"] = [RowProgress(tokenizer, rows, budgets, streams)]
     return options
