@@ -15,6 +15,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -87,10 +88,12 @@ class AdapterFactory:
         weights, config = lora_from_peft(files, self.model.targets, self.cfg.lora.rank, self.cfg.lora.alpha,
                                          base_sha256, base_names)
         digest = hashlib.sha256(self.ckpt_hash.encode() + files[CONFIG_NAME] + files[WEIGHTS_NAME]).hexdigest()
-        return AdapterEntry("peft-" + digest[:24], weights, self.no_instruction(), 0), config
+        return AdapterEntry("peft-" + digest[:24], weights, self.no_instruction, 0), config
 
+    @cached_property
     def no_instruction(self) -> Instruction:
-        """One masked-out instruction position (the fusion shapes of this model, no content)."""
+        """One masked-out instruction position (the fusion shapes of this model, no content);
+        computed once, shared (read-only) by every uploaded adapter."""
         ids, mask, _ = instruction_batch(self.tokenizer, self.model.is_encoder_decoder, ["-"], 4)
         with torch.no_grad():
             ins = self.model.encode_instruction(ids.to(self.model.device), mask.to(self.model.device)).to("cpu")
