@@ -24,16 +24,13 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-import psutil
-
-from tagi_ray.ports import free_ports
+from tagi_ray.edge.local_node import LocalRayNode
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -51,71 +48,10 @@ def env() -> dict:
     return e
 
 
-class Node:
-    """One `ray start --block` node with its own temp dir and ports; stopped by pid, never `ray stop`."""
-
-    def __init__(self, name: str, root: Path, head_gcs: str | None = None):
-        self.temp_dir = str(root / name)
-        Path(self.temp_dir).mkdir(parents=True, exist_ok=True)
-        ports = free_ports(9)
-        common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", self.temp_dir,
-                  "--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
-                  "--metrics-export-port", str(ports[2]), "--runtime-env-agent-port", str(ports[3]),
-                  "--dashboard-agent-listen-port", str(ports[4]), "--dashboard-agent-grpc-port", str(ports[5]),
-                  "--disable-usage-stats", "--block"]
-        if head_gcs is None:
-            self.gcs, self.dashboard = f"127.0.0.1:{ports[6]}", f"http://127.0.0.1:{ports[7]}"
-            cmd = [str(BIN / "ray"), "start", "--head", "--port", str(ports[6]), "--dashboard-host", "127.0.0.1",
-                   "--dashboard-port", str(ports[7]), "--ray-client-server-port", str(ports[8]), *common]
-        else:
-            self.gcs, self.dashboard = head_gcs, ""
-            cmd = [str(BIN / "ray"), "start", "--address", head_gcs, *common]
-        self.log = open(Path(self.temp_dir) / "node.log", "w")
-        self.proc = subprocess.Popen(cmd, env=env(), start_new_session=True, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def processes(self) -> list[psutil.Process]:
-        procs = {}
-        try:
-            procs = {p.pid: p for p in psutil.Process(self.proc.pid).children(recursive=True)}
-        except psutil.NoSuchProcess:
-            pass
-        for p in psutil.process_iter(["cmdline"]):
-            try:
-                if self.temp_dir in " ".join(p.info["cmdline"] or []):
-                    procs[p.pid] = p
-            except psutil.Error:
-                continue
-        procs.pop(os.getpid(), None)
-        return list(procs.values())
-
-    def kill(self) -> None:
-        """SIGKILL to the node's processes at once (a lost machine, no goodbye)."""
-        for p in self.processes() + [psutil.Process(self.proc.pid)]:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        procs = self.processes()
-        for p in procs:
-            try:
-                p.terminate()
-            except psutil.Error:
-                pass
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs(procs, timeout=10)
-        for p in alive + self.processes():
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+def node(name: str, root: Path, head_gcs: str | None = None) -> LocalRayNode:
+    """A 1-CPU node with its own temp dir `root/name` and ports (the head when `head_gcs` is None)."""
+    return LocalRayNode(str(BIN / "ray"), root / name, env(), num_cpus=1, head_gcs=head_gcs,
+                        log=root / f"{name}.log")
 
 
 def alive_nodes(dashboard: str) -> list[str]:
@@ -162,15 +98,15 @@ def main() -> int:
     root = Path(args.workdir)
     shutil.rmtree(root, ignore_errors=True)
     run, storage = root / "run", root / "storage"
-    nodes: list[Node] = []
+    nodes: list[LocalRayNode] = []
     summary: dict = {"name": "two_node"}
     checks: dict[str, bool] = {}
     t_start = time.time()
     try:
-        head = Node("head", root)
+        head = node("head", root)
         nodes.append(head)
-        wait_for(lambda: urllib.request.urlopen(f"{head.dashboard}/api/version", timeout=2), 120, "the head")
-        node2 = Node("node2", root, head.gcs)
+        head.wait_ready(120)
+        node2 = node("node2", root, head.gcs)
         nodes.append(node2)
         first_two = wait_for(lambda: n if len(n := alive_nodes(head.dashboard)) == 2 else None, 120, "node 2")
         summary["nodes"] = first_two
@@ -201,7 +137,7 @@ def main() -> int:
         print(f"meta: checkpoint {checkpoint[-1].name} in storage after {killed_at - t0:.0f} s; node 2 killed",
               flush=True)
         wait_for(lambda: len(alive_nodes(head.dashboard)) == 1, 120, "node 2 to be seen dead")
-        node3 = Node("node3", root, head.gcs)
+        node3 = node("node3", root, head.gcs)
         nodes.append(node3)
         status = wait_for(lambda: (s := job_status(head.dashboard, "meta")) in ("SUCCEEDED", "FAILED", "STOPPED")
                           and s, 1200, "the meta-training job", 2)
@@ -226,8 +162,8 @@ def main() -> int:
         if status != "SUCCEEDED":
             print(job_logs(head.dashboard, "meta")[-3000:])
     finally:
-        for node in reversed(nodes):
-            node.stop()
+        for n in reversed(nodes):
+            n.stop()
     summary["checks"] = checks
     summary["wall_s"] = round(time.time() - t_start)
     for name, ok in checks.items():
