@@ -117,5 +117,5 @@ class InstanceInference:
     def stats(self) -> dict:
         """This replica's counters (a call reaches one replica; `replica` says which)."""
         return {"replica": serve.get_replica_context().replica_id.unique_id, "forward_batches": self.forward_batches,
-                "instances": self.instances, "busy_s": round(self.busy_s, 3), "largest_batch": self.largest_batch, "most_adapters_in_batch": self.most_adapters_in_batch,
-                "streamed": self.streamed, "cancelled_rows": self.cancelled_rows, "cache": self.adapters.stats()}
+                "instances": self.instances, "busy_s": round(self.busy_s, 3), "largest_batch": self.largest_batch,
+                "most_adapters_in_batch": self.most_adapters_in_batch, "streamed": self.streamed, "cancelled_rows": self.cancelled_rows, "cache": self.adapters.stats()}

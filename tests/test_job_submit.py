@@ -5,8 +5,9 @@ job submitted with `ray job submit`, outputs checked; then only that head is sto
 option to scope it), including the test session's own in-process cluster and other people's.
 Instead the head is a `tagi_ray.edge.local_node.LocalRayNode`: `ray start --head --block` (a
 child of this test, in its own session) with its own temp dir and ports, stopped as `ray stop`
-would (SIGTERM, a grace period, SIGKILL) but by pid, only its own processes. Ray processes of the test session that are not this head (the
-in-process cluster of other tests) are checked to be alive afterwards."""
+would (SIGTERM, a grace period, SIGKILL) but by pid, only its own processes. Ray processes of
+the test session that are not this head (the in-process cluster of other tests) are checked to
+be alive afterwards."""
 from __future__ import annotations
 
 import json
@@ -60,6 +61,7 @@ def ray_head():
     # Ray processes of this test session that are not this head (the in-process cluster of
     # ray.init() when other tests ran first): they must survive the teardown.
     others: list[psutil.Process] = []
+    survived: list[int] = []
     try:
         head.wait_ready(120)
         mine = head.processes()
