@@ -3,7 +3,10 @@ for fleets of 50, 200 and 756 generated tasks, and packs of K = 4, 16, 64; then 
 kill -9 of one worker and, separately, of the driver.
 
     python bench/fleet.py [--sizes 50,200,756] [--packs 4,16,64] [--pack-fleet 200] [--out runs/fleet]
-                          [--no-kill] [--no-sizes] [--no-packs]
+                          [--longest 50] [--no-kill] [--no-sizes] [--no-packs]
+
+`--longest N` (after the sizes; 0 skips it) trains only the N longest tasks of the largest
+suite: the same packs as that fleet's last ones, without the rest of the fleet.
 
 The base is used as built (no warm-up: `train.prompt_tuning_steps=0`), so a run is the fleet.
 Per run: tasks trained, wall time of the job (start-up included), tasks/hour, and each worker's
@@ -169,7 +172,7 @@ def main() -> int:
         n = max(r["tasks"] for r in summary["sizes"])
         names = longest_tasks(root / f"n{n}-k16", args.longest)
         r = run_job(fresh(f"n{n}-longest{args.longest}"), n, 16, names)
-        summary["longest"] = r
+        summary["longest"] = {**r, "only": args.longest}
         print(f"the {args.longest} longest of {n} tasks, K=16: {r['trained']} trained in {r['wall_s']} s; "
               f"peak RSS per worker {r['peak_rss_mb']} MB", flush=True)
     if not args.no_packs:

@@ -89,6 +89,21 @@ async def _first(stream):
         return _END
 
 
+def _cancel_all(streams: list) -> None:
+    """Cancel every stream; one whose assignment failed re-raises its error on cancel (Ray 2.60)."""
+    for s in streams:
+        try:
+            s.cancel()
+        except Exception:
+            pass
+
+
+def _quiet(task: asyncio.Task) -> None:
+    """Retrieve a cancelled pump's exception (RequestCancelledError) so asyncio does not log it."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
@@ -137,11 +152,14 @@ class TagiIngress:
         streams = [self.inference.options(stream=True).complete_stream.remote(adapter_id, p, n, decoding)
                    for p in prompts]
         try:
-            firsts = list(await asyncio.gather(*[_first(s) for s in streams]))
-        except BaseException:
-            for s in streams:
-                s.cancel()
+            firsts = list(await asyncio.gather(*[_first(s) for s in streams], return_exceptions=True))
+        except BaseException:  # this request was cancelled
+            _cancel_all(streams)
             raise
+        failed = [f for f in firsts if isinstance(f, BaseException)]
+        if failed:  # e.g. a full queue (-> 503): the other prompts' rows are not left running
+            _cancel_all(streams)
+            raise failed[0]
 
         async def events() -> AsyncIterator[str]:
             merged: asyncio.Queue = asyncio.Queue()
@@ -174,8 +192,8 @@ class TagiIngress:
             finally:
                 for t in tasks:
                     t.cancel()  # the client went away: the rows are cancelled downstream
-                for s in streams:
-                    s.cancel()
+                    t.add_done_callback(_quiet)
+                _cancel_all(streams)
                 observe_tokens(route, adapter_id, *tokens)
 
         return StreamingResponse(events(), media_type="text/event-stream")

@@ -1,5 +1,7 @@
 """InstanceInference deployment: the base model; concurrent requests for *different* adapters
-are batched by `@serve.batch` into one batched-LoRA generation (never one forward per adapter).
+are batched by a `BatchQueue` into one batched-LoRA generation (never one forward per adapter);
+a batch is formed when the previous one has finished, so it takes every request that queued
+meanwhile (Ray Serve's `@serve.batch` would cut them into 1-item batches: tagi_ray/batch_queue.py).
 Streamed and plain requests share those batches: a streamed row hands each new piece of text to
 its caller as it is decoded, and a caller that goes away ends its row at the next step.
 Adapters come from the shared store (whichever replica created or uploaded them), a bounded set
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from ray import serve
 
 from tagi_ray.adapter_store import AdapterStore, ResidentAdapters, default_store
+from tagi_ray.batch_queue import BatchQueue
 from tagi_ray.chat import NoChatTemplate, chat_prompt
 from tagi_ray.decoding import GREEDY, Decoding, RowStream
 from tagi_ray.serve.loading import load_for_serving
@@ -44,8 +47,7 @@ class InstanceInference:
         self.model, self.tokenizer, self.cfg = load_for_serving(checkpoint, serve_overrides)
         store = AdapterStore(self.cfg.serve.adapter_store or default_store(checkpoint_hash(checkpoint)))
         self.adapters = ResidentAdapters(store, self.cfg.serve.adapter_cache_size)
-        self._batched.set_max_batch_size(self.cfg.serve.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.cfg.serve.batch_wait_timeout_s)
+        self._batches = BatchQueue(self._run_batch, self.cfg.serve.max_batch_size, self.cfg.serve.batch_wait_timeout_s)
         self.forward_batches = 0
         self.instances = 0
         self.largest_batch = 0
@@ -74,7 +76,7 @@ class InstanceInference:
         """One prompt (in the model's input format); joins whatever other requests arrive within
         the batch window (each row keeps its own decoding options)."""
         entry = await self._entry(adapter_id)
-        return await self._batched(_Item(entry, prompt, max_new_tokens, decoding))
+        return await self._batches.submit(_Item(entry, prompt, max_new_tokens, decoding))
 
     async def complete_stream(self, adapter_id: str, prompt: str, max_new_tokens: int,
                               decoding: Decoding = GREEDY) -> AsyncIterator[str | Completion]:
@@ -86,7 +88,7 @@ class InstanceInference:
         gone = threading.Event()
         stream = RowStream(emit=lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece),
                            cancelled=gone.is_set)
-        task = asyncio.ensure_future(self._batched(_Item(entry, prompt, max_new_tokens, decoding, stream)))
+        task = asyncio.ensure_future(self._batches.submit(_Item(entry, prompt, max_new_tokens, decoding, stream)))
         task.add_done_callback(lambda _: pieces.put_nowait(_END))
         self.streamed += 1
         try:
@@ -99,8 +101,7 @@ class InstanceInference:
                 task.cancel()
                 self.cancelled_rows += 1
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _batched(self, items: list[_Item]) -> list[Completion]:
+    async def _run_batch(self, items: list[_Item]) -> list[Completion]:
         self.forward_batches += 1
         self.instances += len(items)
         self.largest_batch = max(self.largest_batch, len(items))
@@ -118,4 +119,5 @@ class InstanceInference:
         """This replica's counters (a call reaches one replica; `replica` says which)."""
         return {"replica": serve.get_replica_context().replica_id.unique_id, "forward_batches": self.forward_batches,
                 "instances": self.instances, "busy_s": round(self.busy_s, 3), "largest_batch": self.largest_batch,
-                "most_adapters_in_batch": self.most_adapters_in_batch, "streamed": self.streamed, "cancelled_rows": self.cancelled_rows, "cache": self.adapters.stats()}
+                "most_adapters_in_batch": self.most_adapters_in_batch, "streamed": self.streamed,
+                "cancelled_rows": self.cancelled_rows, "cache": self.adapters.stats()}

@@ -10,7 +10,8 @@ same text alone or in any mixed batch. `RowProgress` (a StoppingCriteria) ends e
 own token budget, once its text contains one of its stop strings, or once its client has gone
 away (the row's slot then stops costing decode steps), and hands streaming rows each new piece
 of text as it is decoded; `cut_at_stop` trims the text before the stop string (OpenAI's
-convention). A row's text is decoded once per step, and not at all once the row is done.
+convention). A row's text is decoded once per step, and not again once its budget, a stop
+string or its cancellation has ended it.
 """
 from __future__ import annotations
 

@@ -43,11 +43,17 @@ class LocalRayNode:
             self.gcs, self.dashboard = head_gcs, ""
             cmd = [ray_bin, "start", "--address", head_gcs, *common]
         self._log = open(log, "w") if log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+        try:
+            self.proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=self._log,
+                                         stderr=subprocess.STDOUT)
+        except BaseException:
+            self._close_log()
+            raise
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         """Until the head's job API answers (raises if the node exits or the time runs out)."""
+        if not self.dashboard:
+            raise ValueError("wait_ready: only a head node serves the job API")
         deadline = time.time() + timeout_s
         while True:
             try:
@@ -61,10 +67,11 @@ class LocalRayNode:
     def processes(self) -> dict[int, psutil.Process]:
         """This node's processes (never the caller)."""
         procs: dict[int, psutil.Process] = {}
-        try:
-            procs = {p.pid: p for p in psutil.Process(self.proc.pid).children(recursive=True)}
-        except psutil.NoSuchProcess:
-            pass
+        if self.proc.poll() is None:  # once reaped, its pid may belong to someone else
+            try:
+                procs = {p.pid: p for p in psutil.Process(self.proc.pid).children(recursive=True)}
+            except psutil.NoSuchProcess:
+                pass
         for p in psutil.process_iter(["cmdline"]):
             try:
                 if self.temp_dir in " ".join(p.info["cmdline"] or []):
@@ -76,9 +83,12 @@ class LocalRayNode:
 
     def kill(self) -> None:
         """SIGKILL to the node's processes at once (a lost machine, no goodbye)."""
-        for p in [*self.processes().values(), psutil.Process(self.proc.pid)]:
+        for p in self.processes().values():
             _signal(p, signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.kill()
         self.proc.wait(timeout=30)
+        self._close_log()
 
     def stop(self, grace_s: float = 10) -> list[int]:
         """SIGTERM, `grace_s`, then SIGKILL, to this node's processes only; returns the pids that
@@ -97,9 +107,16 @@ class LocalRayNode:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-        if self._log is not subprocess.DEVNULL:
-            self._log.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                alive.append(psutil.Process(self.proc.pid))
+        self._close_log()
         return [p.pid for p in alive]
+
+    def _close_log(self) -> None:
+        if self._log is not subprocess.DEVNULL and not self._log.closed:
+            self._log.close()
 
 
 def _signal(p: psutil.Process, sig: int) -> None:

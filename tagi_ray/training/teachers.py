@@ -233,7 +233,7 @@ def plan_packs(pending: Sequence[str], world: int, pack_size: int,
 
 def teacher_worker_loop(config: dict, ctx: WorkerContext) -> None:
     """Train this worker's shard of pending teachers. `config`: {"cfg": dict, "table_path": the
-    run's Parquet task table, "lengths": {task: mean length} (`task_lengths`), "base": path,
+    run's Parquet task table, "lengths": `task_lengths` (for the packing plan), "base": path,
     "teachers_dir": path, "pending": [task names]}. Each pack's rows are read from the table when
     the pack starts, so a worker never holds the whole fleet's data."""
     cfg = config_from_dict(config["cfg"])
