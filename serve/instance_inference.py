@@ -21,7 +21,7 @@ from tagi_ray.batch_queue import BatchQueue
 from tagi_ray.chat import NoChatTemplate, chat_prompt
 from tagi_ray.decoding import GREEDY, Decoding, RowStream
 from tagi_ray.serve.loading import load_for_serving
-from tagi_ray.serve.metrics import observe_lookup
+from tagi_ray.serve.metrics import observe_batch, observe_lookup
 from tagi_ray.serving import AdapterEntry, Completion, checkpoint_hash, complete_mixed
 
 
@@ -105,7 +105,9 @@ class InstanceInference:
         self.forward_batches += 1
         self.instances += len(items)
         self.largest_batch = max(self.largest_batch, len(items))
-        self.most_adapters_in_batch = max(self.most_adapters_in_batch, len({i.entry.adapter_id for i in items}))
+        adapters = len({i.entry.adapter_id for i in items})
+        self.most_adapters_in_batch = max(self.most_adapters_in_batch, adapters)
+        observe_batch(len(items), adapters)
         start = time.perf_counter()
         try:
             return await asyncio.to_thread(complete_mixed, self.model, self.tokenizer, self.cfg,

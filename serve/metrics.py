@@ -8,6 +8,8 @@ deployment, replica and application tags).
     tagi_input_tokens_total / tagi_output_tokens_total{route, adapter_id}
     tagi_adapter_cache_total{adapter_id, result}            per replica: hit (resident), load (read
                                                             from the shared store), miss (unknown id)
+    tagi_batch_size / tagi_batch_adapters                   per forward batch: instances, distinct
+                                                            adapters (the BatchQueue's batching)
 
 adapter_id is "-" when a request named none that exists, so malformed ids cannot grow the
 label set. Objects are created lazily inside the replica (Ray metrics need its worker).
@@ -17,6 +19,7 @@ from __future__ import annotations
 from functools import cache
 
 LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128]
 
 
 @cache
@@ -40,6 +43,22 @@ def cache_metrics():
 
     return Counter("tagi_adapter_cache", description="adapter lookups in a replica: hit, load (from the shared "
                    "store) or miss (unknown id)", tag_keys=("adapter_id", "result"))
+
+
+@cache
+def batch_metrics() -> dict:
+    from ray.serve.metrics import Histogram
+
+    return {"size": Histogram("tagi_batch_size", description="instances per forward batch",
+                              boundaries=BATCH_BOUNDARIES),
+            "adapters": Histogram("tagi_batch_adapters", description="distinct adapters per forward batch",
+                                  boundaries=BATCH_BOUNDARIES)}
+
+
+def observe_batch(instances: int, adapters: int) -> None:
+    m = batch_metrics()
+    m["size"].observe(instances)
+    m["adapters"].observe(adapters)
 
 
 def observe_request(route: str, adapter_id: str, status: int, latency_s: float) -> None:

@@ -369,7 +369,7 @@ def test_an_uploaded_peft_adapter_serves_as_peft_model_generates(server, library
 
 def test_per_adapter_metrics_reach_prometheus(server):
     """Ray's metrics export (the node's Prometheus endpoint) has requests, tokens, latency and
-    cache lookups per adapter and route."""
+    cache lookups per adapter and route, and the size of every forward batch."""
     aid = _post(server, "/v1/adapters", {"instruction": TASKS[2][0]}).json()["adapter_id"]
     for _ in range(2):
         assert _post(server, "/v1/completions", {"model": aid, "prompt": "x y", "max_tokens": 4}).status_code == 200
@@ -380,12 +380,14 @@ def test_per_adapter_metrics_reach_prometheus(server):
     while time.monotonic() < deadline:  # Ray exports metrics every few seconds
         text = requests.get(url, timeout=10).text
         lines = [line for line in text.splitlines() if aid in line]
-        if all(any(line.startswith(w) for line in lines) for w in wanted):
+        if all(any(line.startswith(w) for line in lines) for w in wanted) and "ray_tagi_batch_size_count{" in text:
             break
         time.sleep(2)
     lines = [line for line in text.splitlines() if aid in line]
     for w in wanted:
         assert any(line.startswith(w) for line in lines), (w, lines[:10])
+    batches = [line for line in text.splitlines() if line.startswith("ray_tagi_batch_size_count{")]
+    assert batches and sum(float(line.rsplit(" ", 1)[1]) for line in batches) >= 2, batches  # per forward batch
     request_lines = [line for line in lines if line.startswith("ray_tagi_requests_total{")]
     assert any('route="/v1/completions"' in line and 'status="200"' in line for line in request_lines), request_lines
 
