@@ -98,6 +98,22 @@ def _cancel_all(streams: list) -> None:
             pass
 
 
+class _CancellingStream(StreamingResponse):
+    """A StreamingResponse that runs `on_end` however the response ends, also when the client
+    left before the body was first read (then the body generator never starts, and its own
+    `finally` never runs)."""
+
+    def __init__(self, content, on_end, **kwargs):
+        super().__init__(content, **kwargs)
+        self._on_end = on_end
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_end()
+
+
 def _quiet(task: asyncio.Task) -> None:
     """Retrieve a cancelled pump's exception (RequestCancelledError) so asyncio does not log it."""
     if not task.cancelled():
@@ -196,7 +212,7 @@ class TagiIngress:
                 _cancel_all(streams)
                 observe_tokens(route, adapter_id, *tokens)
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return _CancellingStream(events(), lambda: _cancel_all(streams), media_type="text/event-stream")
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
