@@ -207,9 +207,8 @@ class TagiIngress:
                 yield _sse("[DONE]")
             finally:
                 for t in tasks:
-                    t.cancel()  # the client went away: the rows are cancelled downstream
+                    t.cancel()  # the client went away (the streams are cancelled by _CancellingStream)
                     t.add_done_callback(_quiet)
-                _cancel_all(streams)
                 observe_tokens(route, adapter_id, *tokens)
 
         return _CancellingStream(events(), lambda: _cancel_all(streams), media_type="text/event-stream")
