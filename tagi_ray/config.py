@@ -176,6 +176,9 @@ class TeacherConfig(Section):
     # meta-training keeps at most this many teachers (weights + stored logits) in a worker's memory,
     # loading the others on demand (TeacherStore): memory flat in the fleet size; >= the tasks of a batch
     resident: PosInt = 64
+    # a worker serves allocations of at least this many KiB with their own mmap, given back on
+    # free (tagi_ray/memory.py): its resident set stays flat pack after pack; 0 = glibc's default
+    mmap_threshold_kib: NonNegInt = 128
     tasks: list[Str] = []  # only these training tasks ([] = all)
     max_tasks: NonNegInt = 0  # 0 = every (selected) training task
     # fault injection, for tests of resumption: a worker raises after writing this many teachers
@@ -196,6 +199,9 @@ class BaselineConfig(Section):
     tk_instruct_lora_steps: NonNegInt = 0
     tk_instruct_lora_lr: PosFloat = 1e-3
     oracle_steps: NonNegInt = 0  # 0 = teachers.steps (the teachers' recipe)
+    # tk_instruct / tk_instruct_lora: a step's train.batch_size examples in length-sorted chunks of
+    # this many, gradients accumulated (the same gradient, a chunk's activations); 0 = one batch
+    micro_batch: NonNegInt = 0
     methods: list[Literal["tk_instruct", "tk_instruct_lora", "oracle"]] = ["tk_instruct", "tk_instruct_lora", "oracle"]
 
 

@@ -203,3 +203,29 @@ def test_pooled_instructions_are_computed_once_and_shared_through_the_cache(tmp_
                        cfg.hypernet.model_copy(update={"kind": "shared_lora"}), cfg.instruction)
     monkeypatch.setattr(shared, "encode_instruction", lambda *a: (_ for _ in ()).throw(AssertionError("encoded")))
     fit_hypernet_input_stats(shared, tok, cfg.model, texts)  # nothing to fit for the shared-LoRA ablation
+
+
+@pytest.mark.parametrize("arch", ["t5", "llama"])
+def test_prompt_micro_batches_give_the_batch_gradient(arch):
+    """tk_instruct's step in length-sorted chunks (baselines.micro_batch) accumulates the same
+    gradient as the whole batch at once: chunk losses weighted by their share of scored tokens."""
+    from tagi_ray.training.steps import prompt_chunks, prompt_step
+
+    cfg, model, tokenizer, _ = setup(arch)
+    batch = examples()[::2]  # 8 examples of different lengths
+    params = [p for p in model.base.parameters()]
+    model.base.requires_grad_(True)
+
+    def grads(size: int) -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        parts = prompt_chunks(model, tokenizer, cfg.model, size, "cpu")(batch)
+        assert len(parts) == (-(-len(batch) // size) if size else 1)
+        assert sum(w for _, w in parts) == pytest.approx(1.0)
+        for part, weight in parts:
+            (prompt_step(model, part)["loss"] * weight).backward()
+        return [p.grad.clone() for p in params if p.grad is not None]
+
+    whole, chunked = grads(0), grads(3)
+    assert len(whole) == len(chunked) > 0
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b)

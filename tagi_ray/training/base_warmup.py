@@ -21,7 +21,7 @@ from tagi_ray.models.base import BaseBundle, load_base, save_base
 from tagi_ray.tagi import TagiModel
 from tagi_ray.training.examples import random_batches, table_examples
 from tagi_ray.training.loop import run_steps
-from tagi_ray.training.steps import make_batch, prompt_step
+from tagi_ray.training.steps import prompt_chunks, prompt_step
 
 
 def build_model(cfg: TagiConfig, bundle: BaseBundle | None = None) -> tuple[TagiModel, object]:
@@ -32,20 +32,20 @@ def build_model(cfg: TagiConfig, bundle: BaseBundle | None = None) -> tuple[Tagi
 
 
 def prompt_tune_base(model: TagiModel, tokenizer, cfg: TagiConfig, table: pa.Table, steps: int,
-                     lr: float | None = None, num_pos: int | None = None, desc: str = "base warm-up (prompt)"
-                     ) -> list[dict]:
+                     lr: float | None = None, num_pos: int | None = None, desc: str = "base warm-up (prompt)",
+                     micro_batch: int = 0) -> list[dict]:
     """Multi-task fine-tuning of the whole base with the instruction in the prompt (Tk-Instruct's
     recipe) on the training tasks; `lr` default `train.prompt_tuning_lr`, `num_pos` default
-    `data.prompt`'s."""
+    `data.prompt`'s; `micro_batch` > 0: each step in length-sorted chunks of that many (same
+    gradient, less activation memory)."""
     num_pos = parse_prompt_format(cfg.data.prompt) if num_pos is None else num_pos
     examples = table_examples(select_split(table, "train"), num_pos)
     batches = random_batches(examples, cfg.train.batch_size, cfg.train.seed)
     model.base.requires_grad_(True)
     try:
-        return run_steps(lambda b: prompt_step(model, make_batch(model, tokenizer, b, cfg.model,
-                                                                  with_prompt=True).to(model.device)),
-                         list(model.base.parameters()), batches, steps, lr or cfg.train.prompt_tuning_lr,
-                         cfg.train.weight_decay, cfg.train.warmup_steps, desc=desc)
+        return run_steps(lambda b: prompt_step(model, b), list(model.base.parameters()), batches, steps,
+                         lr or cfg.train.prompt_tuning_lr, cfg.train.weight_decay, cfg.train.warmup_steps, desc=desc,
+                         split=prompt_chunks(model, tokenizer, cfg.model, micro_batch, model.device))
     finally:
         model.base.requires_grad_(False)
 

@@ -25,6 +25,7 @@ import pyarrow as pa
 import torch
 
 from tagi_ray.adapters import export_peft
+from tagi_ray.batching import Batch
 from tagi_ray.config import TagiConfig, config_from_dict
 from tagi_ray.data.tables import select_split
 from tagi_ray.lora import LoraBank
@@ -34,7 +35,7 @@ from tagi_ray.tagi import TagiModel
 from tagi_ray.training.base_warmup import prompt_tune_base
 from tagi_ray.training.examples import random_batches, table_examples
 from tagi_ray.training.loop import run_steps
-from tagi_ray.training.steps import make_batch
+from tagi_ray.training.steps import prompt_chunks
 from tagi_ray.training.teacher_store import completed_tasks, record_failure, write_teacher
 from tagi_ray.training.teachers import TaskData, evaluate_pack, train_pack
 from tagi_ray.training.worker import WorkerContext
@@ -89,7 +90,7 @@ def train_tk_instruct(cfg: TagiConfig, table: pa.Table, base: Path, num_pos: int
     steps = cfg.baselines.tk_instruct_steps or cfg.train.meta_steps
     start = time.time()
     history = prompt_tune_base(model, bundle.tokenizer, cfg, table, steps, cfg.baselines.tk_instruct_lr, num_pos,
-                               desc=f"tk_instruct (def+{num_pos}pos)")
+                               desc=f"tk_instruct (def+{num_pos}pos)", micro_batch=cfg.baselines.micro_batch)
     tmp = _atomic(out)
     save_base(BaseBundle(model.base.to("cpu"), bundle.tokenizer, model.arch), tmp)
     (tmp / "done.json").write_text(_summary(steps, history, start))
@@ -106,14 +107,14 @@ def train_tk_instruct_lora(cfg: TagiConfig, table: pa.Table, base: Path, num_pos
     examples = table_examples(select_split(table, "train"), num_pos)
     steps = cfg.baselines.tk_instruct_lora_steps or cfg.train.meta_steps
 
-    def step(batch):
-        b = make_batch(model, bundle.tokenizer, batch, cfg.model, with_prompt=True).to(device)
+    def step(b: Batch) -> dict:
         logits, labels, _ = model.label_logits(b.input_ids, b.attention_mask, b.labels, bank.weights())
         return {"loss": ce_loss(logits, labels)}
 
     start = time.time()
     history = run_steps(step, list(bank.parameters()), random_batches(examples, cfg.train.batch_size, cfg.train.seed),
-                        steps, cfg.baselines.tk_instruct_lora_lr, desc=f"tk_instruct_lora (def+{num_pos}pos)")
+                        steps, cfg.baselines.tk_instruct_lora_lr, desc=f"tk_instruct_lora (def+{num_pos}pos)",
+                        split=prompt_chunks(model, bundle.tokenizer, cfg.model, cfg.baselines.micro_batch, device))
     tmp = _atomic(out)
     export_peft(bank.weights().detach().to("cpu"), model.targets, cfg.lora.rank, cfg.lora.alpha, model.arch,
                 str(base), tmp)
@@ -152,7 +153,8 @@ def train_oracles(cfg: TagiConfig, table: pa.Table, base: Path, out: Path, folds
     k = cfg.teachers.pack_size
     for i in range(0, len(pending), k):
         pack = pending[i:i + k]
-        result = train_pack(model, bundle.tokenizer, pack_cfg, pack, seed=cfg.train.seed + 7 * i)
+        result = train_pack(model, bundle.tokenizer, pack_cfg, pack, seed=cfg.train.seed + 7 * i,
+                            desc=f"oracle pack {i // k + 1}/{-(-len(pending) // k)}")
         weights = result.bank.weights()
         scores = evaluate_pack(model, bundle.tokenizer, cfg, pack, weights)
         for j, t in enumerate(pack):

@@ -1,4 +1,5 @@
-"""A plain optimisation loop: AdamW, linear warm-up/decay, clipping, progress bar, history.
+"""A plain optimisation loop: AdamW, linear warm-up/decay, clipping, gradient accumulation over
+a step's chunks, progress bar, history.
 
 Later stages (Ray Train, DeepSpeed) reuse the step functions, not this loop's optimizer.
 """
@@ -27,21 +28,28 @@ def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: fl
 
 def run_steps(step_fn: Callable[[Any], dict[str, Any]], params: list[torch.nn.Parameter], batches: Iterator,
               steps: int, lr: float, weight_decay: float = 0.0, warmup: int = 0, clip: float = 1.0,
-              desc: str = "train", log_every: int = 10) -> list[dict[str, float]]:
-    """Run `steps` optimizer steps; `step_fn(batch)` returns {"loss": tensor, ...floats}."""
+              desc: str = "train", log_every: int = 10,
+              split: Callable[[Any], list[tuple[Any, float]]] | None = None) -> list[dict[str, float]]:
+    """Run `steps` optimizer steps; `step_fn(part)` returns {"loss": tensor, ...floats}. `split`
+    turns a step's batch into (part, weight) pairs (e.g. `steps.prompt_chunks`): each part's
+    loss x weight is backpropagated on its own, gradients accumulate, and the record holds the
+    weighted sums; without it the batch is the one part, weight 1."""
     opt, sched = make_optimizer(params, lr, weight_decay, steps, warmup)
     history: list[dict[str, float]] = []
     bar = tqdm(range(steps), desc=desc, dynamic_ncols=True, mininterval=2.0)
     for step in bar:
-        out = step_fn(next(batches))
-        loss = out["loss"]
+        batch = next(batches)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        record: dict[str, float] = {}
+        for part, weight in split(batch) if split else [(batch, 1.0)]:
+            out = step_fn(part)
+            (out["loss"] * weight).backward()
+            for k, v in out.items():
+                record[k] = record.get(k, 0.0) + weight * (float(v.detach()) if torch.is_tensor(v) else float(v))
         if clip:
             torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         sched.step()
-        record = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()}
         record["step"], record["lr"] = step, sched.get_last_lr()[0]
         history.append(record)
         if step % log_every == 0 or step == steps - 1:

@@ -1,16 +1,17 @@
 """Loss computations for one batch, shared by the local loop, Ray Train and DeepSpeed.
 
-- `prompt_step`: instruction-in-prompt LM loss on the base (warm-up / Tk-Instruct baseline).
+- `prompt_step`: instruction-in-prompt LM loss on the base (warm-up / Tk-Instruct baseline);
+  `prompt_chunks` splits its batch into micro-batches with the same gradient.
 - `tagi_step`: encode the batch's instructions, generate adapters, forward with per-example
   adapters (+ fusion), and TAGI's loss; with a teacher bank also L_kl and L_ins.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-from tagi_ray.batching import Batch, train_batch
+from tagi_ray.batching import IGNORE, Batch, train_batch
 from tagi_ray.config import LossConfig, ModelConfig
 from tagi_ray.losses import TeacherTopK, ce_loss, tagi_loss
 from tagi_ray.lora.weights import LoraWeights
@@ -31,6 +32,24 @@ def make_batch(model: TagiModel, tokenizer, examples: Sequence[Example], mcfg: M
     if task_ids is not None:
         batch.task_ids = torch.as_tensor(list(task_ids), dtype=torch.long)
     return batch
+
+
+def prompt_chunks(model: TagiModel, tokenizer, mcfg: ModelConfig, size: int, device: torch.device | str
+                  ) -> Callable[[Sequence[Example]], list[tuple[Batch, float]]]:
+    """A `split` for `loop.run_steps`: a step's examples with the instruction in the prompt,
+    tokenized in length-sorted chunks of `size` (0: one batch), each chunk padded to its own
+    longest row and weighted by its share of the step's scored tokens. The chunks' token-mean CE
+    losses so weighted add up to the whole batch's token-mean CE: the same gradient, with one
+    chunk's activations in memory at a time."""
+    def split(examples: Sequence[Example]) -> list[tuple[Batch, float]]:
+        order = sorted(examples, key=lambda e: len(e.prompt) + len(e.target)) if size else list(examples)
+        step = size or len(order)
+        batches = [make_batch(model, tokenizer, order[i:i + step], mcfg, with_prompt=True).to(device)
+                   for i in range(0, len(order), step)]
+        tokens = [int((b.labels != IGNORE).sum()) for b in batches]
+        total = max(1, sum(tokens))
+        return [(b, n / total) for b, n in zip(batches, tokens)]
+    return split
 
 
 def prompt_step(model: TagiModel, batch: Batch) -> dict:
