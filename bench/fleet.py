@@ -83,6 +83,8 @@ def run_job(out: Path, n: int, k: int, tasks: list[str] | None = None) -> dict:
             "complete_before": int(planned.group(1)) if planned else None,
             "to_train": int(planned.group(3)) if planned else None, "trained": len(done),
             "tasks_per_hour": round(len(done) / wall * 3600), "peak_rss_mb": {k_: round(v) for k_, v in rss.items()},
+            "worker_groups": max([int(g) for g in re.findall(r"worker group \d+/(\d+)", log)] or [1]),
+            "worker_processes": len({r.get("pid") for r in done}),
             "train_s": round(sum(r["seconds"] for r in done), 1)}
 
 
@@ -166,8 +168,8 @@ def main() -> int:
         for n in map(int, args.sizes.split(",")):
             r = run_job(fresh(f"n{n}-k16"), n, 16)
             summary["sizes"].append(r)
-            print(f"fleet {n:4d}, K=16: {r['trained']} trained in {r['wall_s']} s = {r['tasks_per_hour']} tasks/h; "
-                  f"peak RSS per worker {r['peak_rss_mb']} MB", flush=True)
+            print(f"fleet {n:4d}, K=16: {r['trained']} trained in {r['wall_s']} s = {r['tasks_per_hour']} tasks/h "
+                  f"({r['worker_groups']} worker groups); peak RSS per worker {r['peak_rss_mb']} MB", flush=True)
     if summary["sizes"] and args.longest:
         n = max(r["tasks"] for r in summary["sizes"])
         names = longest_tasks(root / f"n{n}-k16", args.longest)

@@ -14,6 +14,7 @@ import json
 import resource
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -42,18 +43,28 @@ def main() -> int:
     proc, rows = psutil.Process(), []
     trim = teachers.release_freed_memory
 
+    def by_mapping() -> dict[str, int]:
+        """Resident MB by kind of mapping: glibc's main heap, anonymous (thread arenas, mmapped
+        blocks, other allocators), file-backed (libraries, memory-mapped files)."""
+        out = {"heap_mb": 0.0, "anon_mb": 0.0, "file_mb": 0.0}
+        for m in proc.memory_maps(grouped=False):
+            kind = "heap_mb" if m.path == "[heap]" else "file_mb" if m.path.startswith("/") else "anon_mb"
+            out[kind] += m.rss / 2**20
+        return {k: round(v) for k, v in out.items()}
+
     def measured_trim() -> bool:  # called by the worker loop after each pack
         before = proc.memory_info().rss / 2**20
         done = trim()
         row = {"pack": len(rows) + 1, "rss_before_trim_mb": round(before),
                "rss_after_trim_mb": round(proc.memory_info().rss / 2**20),
-               "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+               "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), **by_mapping()}
         rows.append(row)
         print(json.dumps(row), flush=True)
         return done
 
     teachers.release_freed_memory = measured_trim
     torch.set_num_threads(1)
+    start = time.time()
     with tempfile.TemporaryDirectory() as out:
         config = {"cfg": cfg.to_dict(), "table_path": str(run / "data" / "tasks.parquet"), "lengths": lengths,
                   "base": str(run / "base"), "teachers_dir": out, "pending": sorted(lengths)}
@@ -63,7 +74,8 @@ def main() -> int:
     before = [r["rss_before_trim_mb"] for r in rows]
     print(json.dumps({"name": "teacher_rss", "tasks": len(lengths), "packs": len(rows),
                       "after_trim_mb": [min(after), max(after)], "before_trim_mb": [min(before), max(before)],
-                      "peak_mb": rows[-1]["peak_mb"] if rows else None}))
+                      "peak_mb": rows[-1]["peak_mb"] if rows else None,
+                      "seconds": round(time.time() - start, 1)}))
     return 0
 
 

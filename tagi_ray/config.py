@@ -176,9 +176,9 @@ class TeacherConfig(Section):
     # meta-training keeps at most this many teachers (weights + stored logits) in a worker's memory,
     # loading the others on demand (TeacherStore): memory flat in the fleet size; >= the tasks of a batch
     resident: PosInt = 64
-    # a worker serves allocations of at least this many KiB with their own mmap, given back on
-    # free (tagi_ray/memory.py): its resident set stays flat pack after pack; 0 = glibc's default
-    mmap_threshold_kib: NonNegInt = 128
+    # a job trains at most this many packs per worker in one worker group, then starts a fresh
+    # group for the rest (plan_runs): a worker's peak memory does not grow with the fleet; 0 = one group
+    packs_per_worker: NonNegInt = 8
     tasks: list[Str] = []  # only these training tasks ([] = all)
     max_tasks: NonNegInt = 0  # 0 = every (selected) training task
     # fault injection, for tests of resumption: a worker raises after writing this many teachers

@@ -27,11 +27,13 @@ def test_fleet_trains_loads_with_peft_and_beats_base(ray_cluster, warm_run, tmp_
     from transformers import T5ForConditionalGeneration
 
     run = run_with_shared_base(warm_run, tmp_path / "run")
-    cfg = tiny_test_config(teachers={"tasks": TASKS})
+    # 8 tasks, K=2, one pack per worker per group: two Ray Train runs, each a fresh worker group
+    cfg = tiny_test_config(teachers={"tasks": TASKS, "pack_size": 2, "packs_per_worker": 1})
     rows = run_teachers(cfg, run)
     assert sorted(r["task"] for r in rows) == sorted(TASKS)
-    assert all(r["status"] == "complete" and r["pack_size"] == 4 for r in rows)
+    assert all(r["status"] == "complete" and r["pack_size"] == 2 for r in rows)
     assert {r["worker"] for r in rows} == {0, 1}
+    assert len({r["pid"] for r in rows}) == 4  # 2 groups x 2 worker processes
 
     ids = torch.tensor([[5, 6, 7, 8]])
     for task in TASKS:
@@ -97,6 +99,16 @@ def test_teacher_loop_runs_without_ray_reporting_through_its_context(warm_run, t
     assert sorted(r["task"] for r in rows) == sorted(tasks)
     plan = plan_packs(tasks, 2, 2, lengths)
     assert {r["task"]: r["worker"] for r in rows} == {t: w for w, packs in enumerate(plan) for p in packs for t in p}
+
+
+def test_runs_bound_the_packs_of_a_worker_process_in_length_order():
+    from tagi_ray.training.teachers import plan_runs
+
+    lengths = {"a": 900, "b": 10, "c": 500, "d": 20, "e": 510, "f": 30, "g": 5}
+    runs = plan_runs(sorted(lengths), 2, 2, 1, lengths)  # 2 workers x 1 pack of 2: 4 tasks a run
+    assert runs == [["g", "b", "d", "f"], ["c", "e", "a"]]
+    assert plan_runs(sorted(lengths), 2, 2, 0, lengths) == [["g", "b", "d", "f", "c", "e", "a"]]  # 0: one run
+    assert plan_runs([], 2, 2, 1) == []
 
 
 def test_packs_group_tasks_of_similar_length_and_are_dealt_round_robin():

@@ -13,6 +13,7 @@ the pending tasks by `ctx.rank` and reports progress through `ctx.report`.
 """
 from __future__ import annotations
 
+import os
 import random
 import resource
 import socket
@@ -231,6 +232,18 @@ def plan_packs(pending: Sequence[str], world: int, pack_size: int,
     return [packs[w::world] for w in range(world)]
 
 
+def plan_runs(pending: Sequence[str], world: int, pack_size: int, packs_per_worker: int,
+              lengths: dict[str, float] | None = None) -> list[list[str]]:
+    """The pending tasks in runs of at most `packs_per_worker` packs per worker (0: one run), in
+    length order like `plan_packs`. Each run is a fresh worker group: a worker process's resident
+    set creeps up with the packs it has trained (allocator fragmentation, per-shape kernel
+    caches), so recycling the processes bounds it whatever the fleet size (the same idea as Ray's
+    `max_calls` for tasks)."""
+    ordered = sorted(pending, key=lambda t: ((lengths or {}).get(t, 0.0), t))
+    size = world * pack_size * packs_per_worker or len(ordered)
+    return [ordered[i:i + size] for i in range(0, len(ordered), max(1, size))]
+
+
 def teacher_worker_loop(config: dict, ctx: WorkerContext) -> None:
     """Train this worker's shard of pending teachers. `config`: {"cfg": dict, "table_path": the
     run's Parquet task table, "lengths": `task_lengths` (for the packing plan), "base": path,
@@ -285,7 +298,7 @@ def teacher_worker_loop(config: dict, ctx: WorkerContext) -> None:
                        "exact_match": teacher_scores[t.name]["exact_match"], "held_back": len(t.held_back),
                        "base_rougeL": base_scores[t.name]["rougeL"], "base_exact_match": base_scores[t.name]["exact_match"],
                        "held_back_loss": teacher_loss[t.name], "base_held_back_loss": base_loss[t.name],
-                       "seconds": result.seconds / len(pack), "worker": rank, "host": socket.gethostname(), "node": ctx.node,
+                       "seconds": result.seconds / len(pack), "worker": rank, "pid": os.getpid(), "host": socket.gethostname(), "node": ctx.node,
                        "time": time.time(), "rank": cfg.lora.rank,
                        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
                 own = weights.select(pack.index(t)).detach()
