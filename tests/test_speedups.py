@@ -110,6 +110,11 @@ def test_chunked_teacher_evaluation_equals_one_batch():
     chunked = evaluate_pack(model, tok, cfg, tasks, teachers), held_back_loss(model, tok, cfg, tasks, teachers)
     assert whole[0] == chunked[0]
     assert whole[1] == pytest.approx(chunked[1], rel=1e-9)
+    # an oracle fold's examples carry their task's name, not the fold's: scored all the same
+    folds = [TaskData(f"{t.name}__fold0", [], t.held_back) for t in tasks]
+    by_fold = evaluate_pack(model, tok, cfg, folds, teachers)
+    assert [m["n"] for m in by_fold.values()] == [len(t.held_back) for t in tasks]
+    assert list(by_fold.values()) == list(chunked[0].values())
 
 
 def test_teachers_read_lazily_give_the_eager_loss_with_bounded_memory(tmp_path):

@@ -206,8 +206,8 @@ def evaluate_pack(model: TagiModel, tokenizer, cfg: TagiConfig, tasks: Sequence[
                                 cfg.model.max_target_length, fuse=False)
         preds += tokenizer.batch_decode(tokens, skip_special_tokens=True)
     out = {}
-    for i, t in enumerate(tasks):
-        sel = [j for j, e in enumerate(examples) if e.task == t.name]
+    for i, t in enumerate(tasks):  # by position: an oracle fold's examples carry their task's name, not the fold's
+        sel = (rows == i).nonzero().flatten().tolist()
         out[t.name] = compute_metrics([preds[j] for j in sel], [list(examples[j].outputs) for j in sel])
     return out
 
