@@ -36,18 +36,20 @@ def run_teachers(cfg: TagiConfig, run: RunDir, on_ray: bool = True) -> list[dict
         lengths = task_lengths(select_split(table, "train"))
         world = cfg.ray.num_workers if on_ray else 1
         runs = plan_runs(pending, world, cfg.teachers.pack_size, cfg.teachers.packs_per_worker, lengths)
+        shared = {"cfg": cfg.to_dict(), "table_path": str(run.table), "base": str(base), "lengths": lengths,
+                  "teachers_dir": str(run.teachers)}
+        if on_ray:
+            from tagi_ray.edge.cluster import connect, storage_path
+            from tagi_ray.edge.train import fit_workers
+
+            connect(cfg.ray.address)
         try:
             for i, tasks in enumerate(runs):
                 if len(runs) > 1:
                     print(f"teachers: worker group {i + 1}/{len(runs)}: {len(tasks)} tasks "
                           f"(teachers.packs_per_worker={cfg.teachers.packs_per_worker})", flush=True)
-                config = {"cfg": cfg.to_dict(), "table_path": str(run.table), "base": str(base), "lengths": lengths,
-                          "teachers_dir": str(run.teachers), "pending": tasks}
+                config = {**shared, "pending": tasks}
                 if on_ray:
-                    from tagi_ray.edge.cluster import connect, storage_path
-                    from tagi_ray.edge.train import fit_workers
-
-                    connect(cfg.ray.address)
                     # resumption is per teacher (files), so each attempt is its own Ray Train run
                     fit_workers(teacher_worker_loop, config, cfg.ray, f"teachers-{int(time.time())}-{i}",
                                 storage_path(cfg.ray.storage_path, str(run.ray_storage)),

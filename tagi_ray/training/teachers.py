@@ -223,11 +223,16 @@ def task_lengths(table: pa.Table) -> dict[str, float]:
     return {t: sorted(v)[int(0.9 * (len(v) - 1))] for t, v in lengths.items()}
 
 
+def by_length(tasks: Sequence[str], lengths: dict[str, float] | None = None) -> list[str]:
+    """The tasks sorted by length (`lengths`), then by name."""
+    return sorted(tasks, key=lambda t: ((lengths or {}).get(t, 0.0), t))
+
+
 def plan_packs(pending: Sequence[str], world: int, pack_size: int,
                lengths: dict[str, float] | None = None) -> list[list[list[str]]]:
     """packs[worker][round] = task names: the tasks sorted by length (`lengths`, else by name),
     cut into packs of K, the packs dealt round-robin to the workers."""
-    ordered = sorted(pending, key=lambda t: ((lengths or {}).get(t, 0.0), t))
+    ordered = by_length(pending, lengths)
     packs = [ordered[i:i + pack_size] for i in range(0, len(ordered), pack_size)]
     return [packs[w::world] for w in range(world)]
 
@@ -239,7 +244,7 @@ def plan_runs(pending: Sequence[str], world: int, pack_size: int, packs_per_work
     set creeps up with the packs it has trained (allocator fragmentation, per-shape kernel
     caches), so recycling the processes bounds it whatever the fleet size (the same idea as Ray's
     `max_calls` for tasks)."""
-    ordered = sorted(pending, key=lambda t: ((lengths or {}).get(t, 0.0), t))
+    ordered = by_length(pending, lengths)
     size = world * pack_size * packs_per_worker or len(ordered)
     return [ordered[i:i + size] for i in range(0, len(ordered), max(1, size))]
 
@@ -298,8 +303,8 @@ def teacher_worker_loop(config: dict, ctx: WorkerContext) -> None:
                        "exact_match": teacher_scores[t.name]["exact_match"], "held_back": len(t.held_back),
                        "base_rougeL": base_scores[t.name]["rougeL"], "base_exact_match": base_scores[t.name]["exact_match"],
                        "held_back_loss": teacher_loss[t.name], "base_held_back_loss": base_loss[t.name],
-                       "seconds": result.seconds / len(pack), "worker": rank, "pid": os.getpid(), "host": socket.gethostname(), "node": ctx.node,
-                       "time": time.time(), "rank": cfg.lora.rank,
+                       "seconds": result.seconds / len(pack), "worker": rank, "pid": os.getpid(),
+                       "host": socket.gethostname(), "node": ctx.node, "time": time.time(), "rank": cfg.lora.rank,
                        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
                 own = weights.select(pack.index(t)).detach()
                 extra = None
