@@ -104,6 +104,31 @@ def cmd_export_adapter(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """The tables (with CIs and paired differences) rebuilt from stored predictions: one or more
+    predictions.jsonl(.gz) files of `tagi eval`/`tagi experiment`; a later file's (format, method)
+    rows replace an earlier file's. Writes report.md, metrics.json and the merged predictions."""
+    from tagi_ray.evaluation import read_records, results_from_records
+    from tagi_ray.jobs.evaluate import ORDER, write_report
+    from tagi_ray.report import methods_table
+    from tagi_ray.run_dir import RunDir
+
+    records = read_records([Path(p) for p in args.predictions])
+    main = [r for r in records if "@" not in r["method"]]
+    ablations = [{**r, "method": r["method"].split("@")[0]} for r in records if r["method"].endswith("@ablation")]
+    results = results_from_records(main)
+    appendix = []
+    if ablations:
+        results["ablations"] = results_from_records(ablations)["formats"]
+        appendix = ["## Ablations (TAGI − method against full TAGI at the ablation budget)", "",
+                    methods_table({"formats": results["ablations"]}, ORDER), ""]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = write_report(RunDir(out), results, records, title=args.title, appendix=appendix)
+    print(methods_table(results, ORDER) + ("\n\n" + "\n".join(appendix) if appendix else "") + f"\nreport -> {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="tagi", description="TAGI on Ray: instructions -> LoRA adapters.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -129,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", default=None, help='JSON file: [{"input": ..., "output": ...}, ...]')
     p.add_argument("--out", required=True, help="output PEFT adapter directory")
     p.set_defaults(func=cmd_export_adapter)
+    p = sub.add_parser("report", help="rebuild the tables with CIs from stored predictions (predictions.jsonl[.gz])")
+    p.add_argument("predictions", nargs="+", help="predictions.jsonl(.gz) files; later ones replace a (format, method)")
+    p.add_argument("--out", required=True, help="directory for report.md, metrics.json, predictions.jsonl")
+    p.add_argument("--title", default="tagi-ray evaluation (from stored predictions)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -17,11 +17,12 @@ method is a paired difference on the same instances.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,8 +150,9 @@ def _fold_of(examples: Sequence[Example]) -> list[int]:
 
 
 def score(examples: Sequence[Example], predictions: Sequence[str]) -> list[dict]:
-    """One record per instance: task, category, id, prediction, ROUGE-L and EM (x100, max over refs)."""
-    return [{"task": e.task, "category": e.category, "id": e.id, "prediction": p,
+    """One record per instance: task, category, id, prediction, first reference, ROUGE-L and EM
+    (x100, max over refs)."""
+    return [{"task": e.task, "category": e.category, "id": e.id, "prediction": p, "reference": e.outputs[0],
              "rougeL": 100 * max_over_references(rouge_l, p, list(e.outputs)),
              "exact_match": 100 * max_over_references(exact_match, p, list(e.outputs))}
             for e, p in zip(examples, predictions)]
@@ -243,6 +245,56 @@ def cached_predict(predictor: Predictor, method: Method, examples: Sequence[Exam
     return predictions, seconds
 
 
+# what a stored record must hold to be scored again
+RECORD_FIELDS = ("format", "method", "task", "category", "id", "prediction", "rougeL", "exact_match")
+
+
+def results_from_records(records: Sequence[dict], n_boot: int = 1000,
+                         seconds: Mapping[tuple[str, str], float] | None = None) -> dict:
+    """`evaluate`'s results from its records (one per format, method and instance; methods in
+    first-seen order): per format, each method's summary, its prediction seconds when known, and,
+    when a `tagi` row exists, the paired difference TAGI − method. The protocol's instance counts
+    are those of the records."""
+    grouped: dict[str, dict[str, list[dict]]] = defaultdict(dict)
+    for r in records:
+        grouped[r["format"]].setdefault(r["method"], []).append(r)
+    formats: dict = {}
+    for fmt, scored in grouped.items():
+        summaries = {name: summarize(recs, n_boot) for name, recs in scored.items()}
+        for name, recs in scored.items():
+            if seconds and (fmt, name) in seconds:
+                summaries[name]["seconds"] = seconds[fmt, name]
+            if "tagi" in scored and name != "tagi":
+                summaries[name]["tagi_minus"] = compare(scored["tagi"], recs, n_boot)
+            summaries[name]["examples"] = [{k: r.get(k) for k in ("task", "prediction", "reference")} for r in recs[:3]]
+        formats[fmt] = summaries
+    first = next(iter(grouped.values()), {})
+    instances = next(iter(first.values()), [])
+    return {"protocol": {**PROTOCOL, "tasks": len({r["task"] for r in instances}), "scored_instances": len(instances)},
+            "formats": formats}
+
+
+def read_records(paths: Sequence[Path]) -> list[dict]:
+    """Scored records from predictions.jsonl(.gz) files; a later file's (format, method) rows
+    replace an earlier file's. A record lacking a field names its file and line."""
+    merged: dict[tuple[str, str], list[dict]] = {}
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such predictions file")
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+        groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            missing = [k for k in RECORD_FIELDS if k not in r]
+            if missing:
+                raise ValueError(f"{path}:{n}: record lacks {missing}")
+            groups[r["format"], r["method"]].append(r)
+        merged.update(groups)
+    return [r for recs in merged.values() for r in recs]
+
+
 def evaluate(cfg: TagiConfig, table: pa.Table, methods: dict[str, list[Method]], base_dir: Path,
              device: torch.device, batch_size: int = 32, n_boot: int = 1000,
              cache_dir: Path | None = None) -> tuple[dict, list[dict]]:
@@ -252,25 +304,14 @@ def evaluate(cfg: TagiConfig, table: pa.Table, methods: dict[str, list[Method]],
     records = one dict per (format, method, instance). `cache_dir`: each method's predictions are
     kept there and reused while nothing they depend on changed (`cached_predict`)."""
     predictor = Predictor(cfg, base_dir, device, batch_size)
-    results: dict = {"protocol": PROTOCOL, "formats": {}}
     all_records: list[dict] = []
+    seconds: dict[tuple[str, str], float] = {}
     for fmt, rows in methods.items():
         examples = scored_examples(table, parse_prompt_format(fmt))
-        scored: dict[str, list[dict]] = {}
-        seconds: dict[str, float] = {}
         for method in tqdm(rows, desc=f"eval {fmt}", dynamic_ncols=True):
-            predictions, seconds[method.name] = cached_predict(predictor, method, examples, cache_dir)
-            scored[method.name] = score(examples, predictions)
-            all_records += [{"format": fmt, "method": method.name, **r} for r in scored[method.name]]
-        summaries = {name: {**summarize(recs, n_boot), "seconds": seconds[name]} for name, recs in scored.items()}
-        if "tagi" in scored:
-            for name, recs in scored.items():
-                if name != "tagi":
-                    summaries[name]["tagi_minus"] = compare(scored["tagi"], recs, n_boot)
-        for name, recs in scored.items():
-            summaries[name]["examples"] = [{"task": r["task"], "input": e.input, "prediction": r["prediction"],
-                                            "reference": e.outputs[0]} for r, e in list(zip(recs, examples))[:3]]
-        results["formats"][fmt] = summaries
+            predictions, seconds[fmt, method.name] = cached_predict(predictor, method, examples, cache_dir)
+            all_records += [{"format": fmt, "method": method.name, **r} for r in score(examples, predictions)]
+    results = results_from_records(all_records, n_boot, seconds)
     results["protocol"] = {**PROTOCOL, "tasks": len({e.task for e in scored_examples(table, 0)}),
                            "scored_instances": len(scored_examples(table, 0))}
     return results, all_records

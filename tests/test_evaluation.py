@@ -77,6 +77,39 @@ def test_summaries_show_constant_answers_and_compare_on_the_same_instances():
         Method("tagi", "tagi")
 
 
+def test_tables_rebuilt_from_stored_predictions_equal_the_evaluations(tmp_path, capsys):
+    """`tagi report`: predictions stored by one session (gzipped) and another merge into the
+    same summaries and paired differences as scoring them in one evaluation; a later file
+    replaces a (format, method); a record without its fields is named by file and line."""
+    import gzip
+
+    from tagi_ray.cli import main
+    from tagi_ray.evaluation import read_records, results_from_records
+    from tagi_ray.training.examples import Example
+
+    ex = [Example(f"t{i % 3}", "c", str(i), "", "", str(i % 4), (str(i % 4), "z"), input=str(i)) for i in range(30)]
+    preds = {"tagi": [e.target if i % 3 else "z" for i, e in enumerate(ex)], "base": ["0"] * 30,
+             "oracle": [e.target for e in ex]}
+    records = [{"format": "def", "method": m, **r} for m, p in preds.items() for r in score(ex, p)]
+    one = results_from_records(records, n_boot=200)
+    assert one["formats"]["def"]["base"]["tagi_minus"] == compare(score(ex, preds["tagi"]), score(ex, preds["base"]), 200)
+    assert one["formats"]["def"]["oracle"]["overall"] == summarize(score(ex, preds["oracle"]), 200)["overall"]
+    first, second = tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl"
+    stale = [{**r, "rougeL": 0.0} for r in records if r["method"] == "oracle"]
+    first.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in records[:60] + stale).encode()))
+    second.write_text("".join(json.dumps(r) + "\n" for r in records[60:]))
+    merged = read_records([first, second])
+    assert sorted(map(json.dumps, merged)) == sorted(map(json.dumps, records))
+    assert results_from_records(merged, n_boot=200)["formats"] == one["formats"]
+    assert main(["report", str(first), str(second), "--out", str(tmp_path / "r")]) == 0
+    saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert saved["formats"]["def"]["oracle"]["overall"]["rougeL"] == 100.0
+    assert "| oracle |" in (tmp_path / "r" / "report.md").read_text()
+    second.write_text(json.dumps({"format": "def", "method": "x"}) + "\n")
+    assert main(["report", str(second), "--out", str(tmp_path / "r")]) == 1
+    assert "b.jsonl:1: record lacks" in capsys.readouterr().err
+
+
 def test_every_ablation_differs_from_tagi_by_exactly_its_switch():
     from tagi_ray.tune.experiment import VARIANTS, variant_config
 
