@@ -407,7 +407,8 @@ def _checkpoint_on_free_port(checkpoint: Path, out: Path) -> tuple[Path, int]:
 def _tagi(*args: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local cluster, as a user's
     return subprocess.Popen([str(Path(sys.executable).parent / "tagi"), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+                            stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)  # its own process group: killable with its cluster
 
 
 def test_tagi_serve_as_the_readme_says_is_healthy_within_60s(checkpoint, tmp_path):
@@ -426,7 +427,11 @@ def test_tagi_serve_as_the_readme_says_is_healthy_within_60s(checkpoint, tmp_pat
                 time.sleep(1)
     finally:
         proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=120)[0]
+        try:
+            output = proc.communicate(timeout=120)[0]
+        except subprocess.TimeoutExpired:  # never leave a serving cluster behind for later tests
+            os.killpg(proc.pid, signal.SIGKILL)
+            output = proc.communicate()[0] + "\n(killed: SIGTERM did not stop it in 120 s)"
     assert healthy is not None, output[-3000:]
     print(f"tagi serve healthy after {healthy:.1f} s")
     assert proc.returncode == 0, output[-3000:]  # SIGTERM stops Serve and its local cluster cleanly
