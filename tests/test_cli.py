@@ -6,7 +6,7 @@ import pytest
 
 from tagi_ray.cli import main
 
-SUBCOMMANDS = ["data", "teachers", "meta-train", "eval", "tune", "serve", "demo", "export-adapter"]
+SUBCOMMANDS = ["data", "teachers", "meta-train", "eval", "tune", "serve", "demo", "export-adapter", "report"]
 
 
 def test_help_lists_every_subcommand():
