@@ -311,7 +311,4 @@ def evaluate(cfg: TagiConfig, table: pa.Table, methods: dict[str, list[Method]],
         for method in tqdm(rows, desc=f"eval {fmt}", dynamic_ncols=True):
             predictions, seconds[fmt, method.name] = cached_predict(predictor, method, examples, cache_dir)
             all_records += [{"format": fmt, "method": method.name, **r} for r in score(examples, predictions)]
-    results = results_from_records(all_records, n_boot, seconds)
-    results["protocol"] = {**PROTOCOL, "tasks": len({e.task for e in scored_examples(table, 0)}),
-                           "scored_instances": len(scored_examples(table, 0))}
-    return results, all_records
+    return results_from_records(all_records, n_boot, seconds), all_records
