@@ -30,6 +30,24 @@ from tagi_ray.training.worker import default_device
 
 ORDER = ["copy_input", "copy_demo", "base", "prompt_zero_shot", "tk_instruct", "tk_instruct_lora", "tagi",
          "tagi_no_fusion", "tagi_no_kl", "tagi_no_ins", "tagi_no_pretrain", "tagi_no_hypernet", "oracle"]
+ABLATION = "@ablation"  # a predictions record of the ablation table (its own budget) has method "<variant>@ablation"
+
+
+def mark_ablation(records: list[dict]) -> list[dict]:
+    """The ablation table's records, named so they sit beside the headline's in one predictions file."""
+    return [{**r, "method": r["method"] + ABLATION} for r in records]
+
+
+def split_ablation(records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(headline records, ablation records with their plain method names) of a predictions file."""
+    abl = [r for r in records if r["method"].endswith(ABLATION)]
+    return ([r for r in records if not r["method"].endswith(ABLATION)],
+            [{**r, "method": r["method"].removesuffix(ABLATION)} for r in abl])
+
+
+def ablation_section(formats: dict, heading: str) -> list[str]:
+    """The report's ablation table (TAGI − method against full TAGI at the ablation budget)."""
+    return [f"## {heading}", "", methods_table({"formats": formats}, ORDER), ""]
 
 
 def baseline_methods(run: RunDir, fmt: str) -> list[Method]:

@@ -109,19 +109,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     predictions.jsonl(.gz) files of `tagi eval`/`tagi experiment`; a later file's (format, method)
     rows replace an earlier file's. Writes report.md, metrics.json and the merged predictions."""
     from tagi_ray.evaluation import read_records, results_from_records
-    from tagi_ray.jobs.evaluate import ORDER, write_report
+    from tagi_ray.jobs.evaluate import ORDER, ablation_section, split_ablation, write_report
     from tagi_ray.report import methods_table
     from tagi_ray.run_dir import RunDir
 
     records = read_records([Path(p) for p in args.predictions])
-    main = [r for r in records if "@" not in r["method"]]
-    ablations = [{**r, "method": r["method"].split("@")[0]} for r in records if r["method"].endswith("@ablation")]
+    main, ablations = split_ablation(records)
     results = results_from_records(main)
     appendix = []
     if ablations:
         results["ablations"] = results_from_records(ablations)["formats"]
-        appendix = ["## Ablations (TAGI − method against full TAGI at the ablation budget)", "",
-                    methods_table({"formats": results["ablations"]}, ORDER), ""]
+        appendix = ablation_section(results["ablations"], "Ablations (TAGI − method against full TAGI at the "
+                                                          "ablation budget)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = write_report(RunDir(out), results, records, title=args.title, appendix=appendix)

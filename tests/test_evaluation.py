@@ -85,6 +85,7 @@ def test_tables_rebuilt_from_stored_predictions_equal_the_evaluations(tmp_path, 
 
     from tagi_ray.cli import main
     from tagi_ray.evaluation import read_records, results_from_records
+    from tagi_ray.jobs.evaluate import mark_ablation
     from tagi_ray.training.examples import Example
 
     ex = [Example(f"t{i % 3}", "c", str(i), "", "", str(i % 4), (str(i % 4), "z"), input=str(i)) for i in range(30)]
@@ -105,6 +106,14 @@ def test_tables_rebuilt_from_stored_predictions_equal_the_evaluations(tmp_path, 
     saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert saved["formats"]["def"]["oracle"]["overall"]["rougeL"] == 100.0
     assert "| oracle |" in (tmp_path / "r" / "report.md").read_text()
+    ablation = tmp_path / "c.jsonl"  # the ablation table's records ride in the same files, marked
+    ablation.write_text("".join(json.dumps(r) + "\n" for r in mark_ablation(records[:60])))
+    assert main(["report", str(first), str(second), str(ablation), "--out", str(tmp_path / "r")]) == 0
+    saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    for table in ("formats", "ablations"):  # headline rows unchanged; ablation rows scored as their own table
+        assert {m: r["overall"]["rougeL"] for m, r in saved[table]["def"].items()} == {
+            m: r["overall"]["rougeL"] for m, r in one["formats"]["def"].items() if table == "formats" or m != "oracle"}
+    assert "## Ablations" in (tmp_path / "r" / "report.md").read_text()
     second.write_text(json.dumps({"format": "def", "method": "x"}) + "\n")
     assert main(["report", str(second), "--out", str(tmp_path / "r")]) == 1
     assert "b.jsonl:1: record lacks" in capsys.readouterr().err

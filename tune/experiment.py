@@ -32,7 +32,7 @@ from tagi_ray.data.validation import validation_rows, validation_tasks
 from tagi_ray.edge.cluster import connect, storage_path
 from tagi_ray.evaluation import Method, evaluate
 from tagi_ray.jobs.baselines import run_baselines
-from tagi_ray.jobs.evaluate import ORDER, baseline_methods, write_report
+from tagi_ray.jobs.evaluate import ORDER, ablation_section, baseline_methods, mark_ablation, write_report
 from tagi_ray.jobs.job_args import job_config, job_parser
 from tagi_ray.jobs.train_teachers import run_teachers
 from tagi_ray.report import methods_table
@@ -218,9 +218,9 @@ def run_experiment(cfg: TagiConfig, run: RunDir, stages: Sequence[str] = STAGES)
         abl, abl_records = stage("evaluation (ablations)",
                                  lambda: evaluate(cfg, table, ablations, run.base, device, cache_dir=cache))
         results["ablations"] = abl["formats"]
-        records += [{**r, "method": f"{r['method']}@ablation"} for r in abl_records]
-        appendix = [f"## Ablations ({budget} meta steps each, full TAGI retrained at the same budget; "
-                    f"TAGI − method against that reference)", "", methods_table(abl, ORDER), ""]
+        records += mark_ablation(abl_records)
+        appendix = ablation_section(abl["formats"], f"Ablations ({budget} meta steps each, full TAGI retrained "
+                                                    f"at the same budget; TAGI − method against that reference)")
     results["timings_s"] = timings
     out = RunDir(run.root / "experiment")
     switches = ", ".join(f"`{v}`: {s or 'full TAGI'}" for v, s in VARIANTS.items() if v in cfg.experiment.variants)
