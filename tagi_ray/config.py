@@ -168,6 +168,9 @@ class TeacherConfig(Section):
     # a step's examples in chunks of this many, sorted by length, gradients accumulated (the same
     # gradient; less padding and activation memory when a pack's lengths differ); 0 = one batch
     micro_batch: NonNegInt = 0
+    # and/or in chunks of at most this many padded tokens (rows × the chunk's longest, source +
+    # target): a worker's activation memory no longer follows the longest tasks of its packs; 0 = off
+    micro_batch_tokens: NonNegInt = 0
     held_back: PosInt = 8  # training instances per task held back from the teacher, to score it
     eval_batch_size: PosInt = 32  # held-back instances per forward when scoring teachers
     # L_kl: each teacher's distributions on its task's instances stored once as the top k

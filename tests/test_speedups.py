@@ -169,24 +169,40 @@ def test_micro_batched_teacher_steps_give_the_one_batch_gradient(arch):
         for b in bank.B.values():
             b.normal_(0, 0.1)  # B = 0 at init would leave A without gradient
 
-    def grads(micro: int, nan_row=None) -> tuple[torch.Tensor, list[torch.Tensor], set]:
-        cfg.teachers.micro_batch = micro
+    def grads(micro: int, nan_row=None, tokens: int = 0) -> tuple[torch.Tensor, list[torch.Tensor], set]:
+        cfg.teachers.micro_batch, cfg.teachers.micro_batch_tokens = micro, tokens
         bank.zero_grad(set_to_none=True)
         dead: set[int] = set()
         losses = pack_backward(model, tok, cfg, bank, data, ids, dead, nan_row)
         return losses, [p.grad.clone() for p in bank.parameters()], dead
 
     one_loss, one, _ = grads(0)
-    for micro in (1, 4, 7):
-        loss, chunked, _ = grads(micro)
+    for micro, tokens in ((1, 0), (4, 0), (7, 0), (0, 1), (0, 60), (0, 200), (3, 200)):
+        loss, chunked, _ = grads(micro, tokens=tokens)
         torch.testing.assert_close(loss, one_loss)
         for a, b in zip(chunked, one):
             torch.testing.assert_close(a, b)
     l0, g0, d0 = grads(0, nan_row=1)
+    lt, gt, dt = grads(0, nan_row=1, tokens=60)
+    assert dt == d0 and torch.isnan(lt[1])
     l4, g4, d4 = grads(4, nan_row=1)
     assert d0 == d4 == {1} and torch.isnan(l4[1]) and torch.isfinite(l4[[0, 2]]).all()
     for a, b in zip(g4, g0):
         torch.testing.assert_close(a, b)
+
+
+def test_length_chunks_bound_rows_and_padded_tokens():
+    from tagi_ray.training.teachers import length_chunks
+
+    lengths = [5, 30, 10, 10, 50, 5, 20]
+    assert length_chunks(lengths) == [[0, 1, 2, 3, 4, 5, 6]]  # no bound: one batch, as given
+    assert length_chunks(lengths, max_rows=3) == [[0, 5, 2], [3, 6, 1], [4]]
+    chunks = length_chunks(lengths, max_tokens=40)
+    assert chunks == [[0, 5, 2, 3], [6], [1], [4]]  # 4 × 10 fits 40; 50 > 40 goes alone
+    assert sorted(j for c in chunks for j in c) == list(range(7))
+    assert all(len(c) * max(lengths[j] for j in c) <= 40 for c in chunks if len(c) > 1)
+    assert length_chunks(lengths, max_rows=2, max_tokens=40) == [[0, 5], [2, 3], [6], [1], [4]]
+    assert length_chunks([]) == []
 
 
 def test_pooled_instructions_are_computed_once_and_shared_through_the_cache(tmp_path, monkeypatch):

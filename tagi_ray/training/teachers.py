@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from tagi_ray.batching import prompt_batch
-from tagi_ray.config import TagiConfig, config_from_dict
+from tagi_ray.config import ModelConfig, TagiConfig, config_from_dict
 from tagi_ray.data.prompts import parse_prompt_format
 from tagi_ray.data.tables import read_task_rows
 from tagi_ray.lora import LoraBank, LoraWeights
@@ -91,23 +91,47 @@ class PackResult:
     seconds: float = 0.0
 
 
+def length_chunks(lengths: Sequence[int], max_rows: int = 0, max_tokens: int = 0) -> list[list[int]]:
+    """Indices sorted by length, cut into chunks of at most `max_rows` rows whose padded size
+    (rows × the chunk's longest) is at most `max_tokens` (a longer row goes alone); 0 = no bound.
+    Both 0: one chunk, in the given order."""
+    if not (max_rows or max_tokens):
+        return [list(range(len(lengths)))] if lengths else []
+    chunks: list[list[int]] = []
+    for j in sorted(range(len(lengths)), key=lambda j: lengths[j]):
+        cur = chunks[-1] if chunks else []
+        full = (max_rows and len(cur) >= max_rows) or (max_tokens and (len(cur) + 1) * lengths[j] > max_tokens)
+        if cur and not full:
+            cur.append(j)
+        else:
+            chunks.append([j])
+    return chunks
+
+
+def token_lengths(tokenizer, examples: Sequence[Example], mcfg: ModelConfig) -> list[int]:
+    """Tokens of each example's source + target, each truncated as `make_batch` truncates it."""
+    src = tokenizer([e.source for e in examples])["input_ids"]
+    tgt = tokenizer([e.target for e in examples])["input_ids"]
+    return [min(len(a), mcfg.max_source_length) + min(len(b), mcfg.max_target_length) for a, b in zip(src, tgt)]
+
+
 def pack_backward(model: TagiModel, tokenizer, cfg: TagiConfig, bank: LoraBank, examples: Sequence[Example],
                   ids: Sequence[int], dead: set[int], nan_row: int | None = None) -> torch.Tensor:
     """Backward of one packed step: the sum over bank rows of each row's mean per-example token
-    CE. With `teachers.micro_batch` > 0 the examples go in chunks of that many, sorted by length
-    (each chunk padded to its own longest row: less padding, less activation memory) with
-    gradients accumulated: the same gradient as one batch. Rows in `dead` are left out; a row
-    whose loss is not finite joins `dead`. Returns the per-row losses (k,), detached."""
+    CE. With `teachers.micro_batch` or `teachers.micro_batch_tokens` > 0 the examples go in
+    length-sorted chunks of at most that many rows / padded tokens (each chunk padded to its own
+    longest row: less padding, and activation memory bounded by the chunk, not by the pack's
+    longest rows) with gradients accumulated: the same gradient as one batch. Rows in `dead` are
+    left out; a row whose loss is not finite joins `dead`. Returns the per-row losses (k,), detached."""
     device = next(model.parameters()).device
     k = bank.k
     per_row = torch.tensor(list(ids), dtype=torch.long)
     n_row = torch.bincount(per_row, minlength=k).clamp(min=1).to(device)
-    size = cfg.teachers.micro_batch or len(examples)
-    order = sorted(range(len(examples)), key=lambda j: len(examples[j].source) + len(examples[j].target)) \
-        if cfg.teachers.micro_batch else list(range(len(examples)))
+    tcfg = cfg.teachers
+    lengths = token_lengths(tokenizer, examples, cfg.model) if tcfg.micro_batch or tcfg.micro_batch_tokens \
+        else [0] * len(examples)
     losses = torch.zeros(k, device=device)
-    for start in range(0, len(order), size):
-        part = order[start:start + size]
+    for part in length_chunks(lengths, tcfg.micro_batch, tcfg.micro_batch_tokens):
         rows = per_row[part].to(device)
         batch = make_batch(model, tokenizer, [examples[j] for j in part], cfg.model, with_prompt=False,
                            task_ids=rows.tolist()).to(device)
