@@ -3,7 +3,7 @@ for fleets of 50, 200 and 756 generated tasks, and packs of K = 4, 16, 64; then 
 kill -9 of one worker and, separately, of the driver.
 
     python bench/fleet.py [--sizes 50,200,756] [--packs 4,16,64] [--pack-fleet 200] [--out runs/fleet]
-                          [--longest 50] [--no-kill] [--no-sizes] [--no-packs]
+                          [--longest 50] [--no-kill] [--no-sizes] [--no-packs] [--set KEY=VALUE ...]
 
 `--longest N` (after the sizes; 0 skips it) trains only the N longest tasks of the largest
 suite: the same packs as that fleet's last ones, without the rest of the fleet.
@@ -38,12 +38,16 @@ ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"
 ENV.pop("RAY_ADDRESS", None)
 
 
+OVERRIDES: list[str] = []  # --set KEY=VALUE of this bench, passed to every job
+
+
 def teachers_cmd(out: Path, n: int, k: int, tasks: list[str] | None = None) -> list[str]:
     """`tagi teachers` for a generated suite of `n` tasks (only `tasks` of it, when given)."""
     only = ["--set", f"teachers.tasks={json.dumps(tasks)}"] if tasks else []
+    extra = [a for kv in OVERRIDES for a in ("--set", kv)]
     return [TAGI, "teachers", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(out),
             "--set", f"data.builtin_tasks={n}", "--set", f"teachers.pack_size={k}",
-            "--set", "train.prompt_tuning_steps=0", *only]  # the base warm-up is not the fleet's cost
+            "--set", "train.prompt_tuning_steps=0", *only, *extra]  # the base warm-up is not the fleet's cost
 
 
 def longest_tasks(out: Path, n: int) -> list[str]:
@@ -154,9 +158,12 @@ def main() -> int:
     p.add_argument("--longest", type=int, default=50,
                    help="then train only this many of the largest fleet's longest tasks (0: skip): is the "
                         "peak set by the number of teachers or by the longest packs?")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every job (e.g. teachers.micro_batch_tokens=2048)")
     args = p.parse_args()
+    OVERRIDES[:] = args.set
     root = Path(args.out)
-    summary: dict = {"name": "fleet", "sizes": [], "packs": [], "kills": []}
+    summary: dict = {"name": "fleet", "overrides": args.set, "sizes": [], "packs": [], "kills": []}
 
     def fresh(name: str) -> Path:
         d = root / name
