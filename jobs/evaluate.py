@@ -77,6 +77,7 @@ def write_report(run: RunDir, results: dict, records: list[dict], title: str = "
              f"({p['instances']}). Scores: {p['aggregation']}. CIs: {p['ci']}. TAGI − method: {p['difference']}.", "",
              "## Methods", "", methods_table(results, ORDER), "", *appendix]
     for fmt, by_method in results["formats"].items():
+        by_method = {m: by_method[m] for m in sorted(by_method, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))}
         lines += [f"## {fmt}: ROUGE-L per category", "", metrics_table(by_method, "per_category"), "",
                   f"## {fmt}: ROUGE-L per task", "", metrics_table(by_method, "per_task"), "",
                   f"## {fmt}: share of distinct predictions per task ({p['distinct']})", "",
