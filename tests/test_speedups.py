@@ -192,7 +192,7 @@ def test_micro_batched_teacher_steps_give_the_one_batch_gradient(arch):
 
 
 def test_length_chunks_bound_rows_and_padded_tokens():
-    from tagi_ray.training.teachers import length_chunks
+    from tagi_ray.training.steps import length_chunks
 
     lengths = [5, 30, 10, 10, 50, 5, 20]
     assert length_chunks(lengths) == [[0, 1, 2, 3, 4, 5, 6]]  # no bound: one batch, as given

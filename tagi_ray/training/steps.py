@@ -1,7 +1,8 @@
 """Loss computations for one batch, shared by the local loop, Ray Train and DeepSpeed.
 
 - `prompt_step`: instruction-in-prompt LM loss on the base (warm-up / Tk-Instruct baseline);
-  `prompt_chunks` splits its batch into micro-batches with the same gradient.
+  `prompt_chunks` splits its batch into micro-batches with the same gradient (`length_chunks`,
+  which packed teacher steps use too).
 - `tagi_step`: encode the batch's instructions, generate adapters, forward with per-example
   adapters (+ fusion), and TAGI's loss; with a teacher bank also L_kl and L_ins.
 """
@@ -34,6 +35,23 @@ def make_batch(model: TagiModel, tokenizer, examples: Sequence[Example], mcfg: M
     return batch
 
 
+def length_chunks(lengths: Sequence[int], max_rows: int = 0, max_tokens: int = 0) -> list[list[int]]:
+    """Indices sorted by length, cut into chunks of at most `max_rows` rows whose padded size
+    (rows × the chunk's longest) is at most `max_tokens` (a longer row goes alone); 0 = no bound.
+    Both 0: one chunk, in the given order."""
+    if not (max_rows or max_tokens):
+        return [list(range(len(lengths)))] if lengths else []
+    chunks: list[list[int]] = []
+    for j in sorted(range(len(lengths)), key=lambda j: lengths[j]):
+        cur = chunks[-1] if chunks else []
+        full = (max_rows and len(cur) >= max_rows) or (max_tokens and (len(cur) + 1) * lengths[j] > max_tokens)
+        if cur and not full:
+            cur.append(j)
+        else:
+            chunks.append([j])
+    return chunks
+
+
 def prompt_chunks(model: TagiModel, tokenizer, mcfg: ModelConfig, size: int, device: torch.device | str
                   ) -> Callable[[Sequence[Example]], list[tuple[Batch, float]]]:
     """A `split` for `loop.run_steps`: a step's examples with the instruction in the prompt,
@@ -42,10 +60,9 @@ def prompt_chunks(model: TagiModel, tokenizer, mcfg: ModelConfig, size: int, dev
     losses so weighted add up to the whole batch's token-mean CE: the same gradient, with one
     chunk's activations in memory at a time."""
     def split(examples: Sequence[Example]) -> list[tuple[Batch, float]]:
-        order = sorted(examples, key=lambda e: len(e.prompt) + len(e.target)) if size else list(examples)
-        step = size or len(order)
-        batches = [make_batch(model, tokenizer, order[i:i + step], mcfg, with_prompt=True).to(device)
-                   for i in range(0, len(order), step)]
+        parts = length_chunks([len(e.prompt) + len(e.target) for e in examples], max_rows=size)
+        batches = [make_batch(model, tokenizer, [examples[j] for j in part], mcfg, with_prompt=True).to(device)
+                   for part in parts]
         tokens = [int((b.labels != IGNORE).sum()) for b in batches]
         total = max(1, sum(tokens))
         return [(b, n / total) for b, n in zip(batches, tokens)]

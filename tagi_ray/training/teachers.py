@@ -38,7 +38,7 @@ from tagi_ray.metrics import compute_metrics
 from tagi_ray.models.base import load_pretrained
 from tagi_ray.tagi import TagiModel
 from tagi_ray.training.examples import Example, table_examples
-from tagi_ray.training.steps import make_batch
+from tagi_ray.training.steps import length_chunks, make_batch
 from tagi_ray.training.teacher_logits import compute_topk, save_topk
 from tagi_ray.training.teacher_store import record_failure, write_teacher
 from tagi_ray.training.worker import InjectedFault, WorkerContext
@@ -89,23 +89,6 @@ class PackResult:
     final_loss: dict[str, float] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def length_chunks(lengths: Sequence[int], max_rows: int = 0, max_tokens: int = 0) -> list[list[int]]:
-    """Indices sorted by length, cut into chunks of at most `max_rows` rows whose padded size
-    (rows × the chunk's longest) is at most `max_tokens` (a longer row goes alone); 0 = no bound.
-    Both 0: one chunk, in the given order."""
-    if not (max_rows or max_tokens):
-        return [list(range(len(lengths)))] if lengths else []
-    chunks: list[list[int]] = []
-    for j in sorted(range(len(lengths)), key=lambda j: lengths[j]):
-        cur = chunks[-1] if chunks else []
-        full = (max_rows and len(cur) >= max_rows) or (max_tokens and (len(cur) + 1) * lengths[j] > max_tokens)
-        if cur and not full:
-            cur.append(j)
-        else:
-            chunks.append([j])
-    return chunks
 
 
 def token_lengths(tokenizer, examples: Sequence[Example], mcfg: ModelConfig) -> list[int]:
