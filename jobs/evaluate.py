@@ -21,7 +21,7 @@ from tagi_ray.data.prompts import format_name, parse_prompt_format
 from tagi_ray.evaluation import Method, evaluate
 from tagi_ray.jobs.job_args import job_config, job_parser
 from tagi_ray.plots import per_task_bars, training_curves
-from tagi_ray.report import distinct_table, methods_table, metrics_table
+from tagi_ray.report import distinct_table, in_order, methods_table, metrics_table
 from tagi_ray.run_dir import RunDir
 from tagi_ray.stages import ensure_data
 from tagi_ray.training.baselines import BaselinePaths
@@ -77,7 +77,7 @@ def write_report(run: RunDir, results: dict, records: list[dict], title: str = "
              f"({p['instances']}). Scores: {p['aggregation']}. CIs: {p['ci']}. TAGI − method: {p['difference']}.", "",
              "## Methods", "", methods_table(results, ORDER), "", *appendix]
     for fmt, by_method in results["formats"].items():
-        by_method = {m: by_method[m] for m in sorted(by_method, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))}
+        by_method = {m: by_method[m] for m in in_order(list(by_method), ORDER)}
         lines += [f"## {fmt}: ROUGE-L per category", "", metrics_table(by_method, "per_category"), "",
                   f"## {fmt}: ROUGE-L per task", "", metrics_table(by_method, "per_task"), "",
                   f"## {fmt}: share of distinct predictions per task ({p['distinct']})", "",

@@ -12,6 +12,11 @@ def _ci(values: list[float]) -> str:
     return f"[{values[0]:.1f}, {values[1]:.1f}]"
 
 
+def in_order(names: list[str], order: list[str]) -> list[str]:
+    """`names` in `order`, those not in it after them as they came."""
+    return [m for m in order if m in names] + [m for m in names if m not in order]
+
+
 def methods_table(results: dict, order: list[str] | None = None) -> str:
     """Rows: methods (in `order`, default first-seen), columns: per format ROUGE-L [CI] / EM /
     TAGI − method [CI]."""
@@ -20,7 +25,7 @@ def methods_table(results: dict, order: list[str] | None = None) -> str:
     for fmt in formats:
         methods += [m for m in results["formats"][fmt] if m not in methods]
     if order:
-        methods = [m for m in order if m in methods] + [m for m in methods if m not in order]
+        methods = in_order(methods, order)
     head = "| method | " + " | ".join(f"{f}: ROUGE-L [95% CI] | {f}: EM | {f}: TAGI − method [95% CI]"
                                       for f in formats) + " |"
     lines = [head, "|---|" + "---|---|---|" * len(formats)]
