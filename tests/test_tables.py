@@ -49,8 +49,8 @@ def test_non_task_table_is_refused(tmp_path):
 
 def test_read_task_rows_reads_one_pack_without_the_rest(shared_sni_dir, tmp_path, monkeypatch):
     """Teacher workers read their pack's rows from the run's Parquet table: the same rows as
-    filtering the whole table, from row groups that hold few tasks each (so the others are
-    skipped by their statistics)."""
+    filtering the whole table, from row groups that hold one task each (so the others are
+    skipped by their statistics), wherever the pack's tasks sit in the file."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
@@ -61,10 +61,29 @@ def test_read_task_rows_reads_one_pack_without_the_rest(shared_sni_dir, tmp_path
     table, _ = build_table(shared_sni_dir, ("train", "test"), max_instances=16, max_eval_instances=5)
     path = write_table(table, tmp_path / "tasks.parquet")
     train = select_split(table, "train")
-    names = sorted(set(train.column("task").to_pylist()))[10:14]
+    names = sorted(set(train.column("task").to_pylist()))[10:70:20]  # spread over the file, like a pack
     got = read_task_rows(path, "train", names)
     assert got.equals(train.filter(pc.is_in(train.column("task"), value_set=pa.array(names))))
-    assert got.num_rows == 4 * 16 and read_task_rows(path, "train", []).num_rows == 0
+    assert got.num_rows == 3 * 16 and read_task_rows(path, "train", []).num_rows == 0
     fragment = next(ds.dataset(path).get_fragments())
     groups = fragment.split_by_row_group(ds.field("task").isin(names) & (ds.field("split") == "train"))
-    assert 1 <= len(groups) <= 3 < fragment.num_row_groups  # the pack's groups, not the file's
+    assert len(groups) == 3 < fragment.num_row_groups  # the pack's groups, not the file's
+    assert sum(g.row_groups[0].num_rows for g in groups) == 3 * 16  # and no other task's rows
+
+
+def test_row_groups_hold_one_task_and_shuffled_rows_round_trip(tmp_path, monkeypatch):
+    """Row groups cut at task boundaries (and after ROW_GROUP_ROWS); rows not grouped by task
+    are written in fixed-size groups; both read back unchanged."""
+    import pyarrow.parquet as pq
+
+    from tagi_ray.data import tables
+
+    monkeypatch.setattr(tables, "ROW_GROUP_ROWS", 3)
+    grouped = pa.table({"task": list("aaaaabbc"), "x": list(range(8))})
+    assert tables.row_groups(grouped) == [(0, 3), (3, 2), (5, 2), (7, 1)]
+    mixed = pa.table({"task": list("abab"), "x": list(range(4))})
+    assert tables.row_groups(mixed) == [(0, 3), (3, 1)]
+    for t in (grouped, mixed, grouped.slice(0, 0)):
+        path = write_table(t, tmp_path / "t.parquet")
+        assert pq.read_table(path).equals(t)
+        assert pq.ParquetFile(path).metadata.num_row_groups == len(tables.row_groups(t))

@@ -85,11 +85,32 @@ def _check_schema(table: pa.Table) -> None:
         raise ValueError(f"not a tagi-ray task table: missing columns {missing}")
 
 
-ROW_GROUP_ROWS = 2048  # Parquet row group: a worker reading one pack's tasks decodes only their groups
+ROW_GROUP_ROWS = 2048  # most rows in one Parquet row group
+STATISTICS = ["task", "split"]  # the columns readers filter on; no min/max of long texts in the footer
+
+
+def row_groups(table: pa.Table) -> list[tuple[int, int]]:
+    """(offset, length) of each Parquet row group: one task's rows per group (split after
+    ROW_GROUP_ROWS) when the rows are grouped by task, as built. A reader of a few tasks then
+    decodes only their rows, wherever they sit in the file: a teacher pack holds tasks of similar
+    length, spread over the whole table, so groups of mixed tasks made every pack decode most of
+    a large fleet's table. Rows not grouped by task (shuffled) go in groups of ROW_GROUP_ROWS."""
+    n = table.num_rows
+    starts = [0]
+    if "task" in table.column_names and n:
+        task = table.column("task")
+        changed = pc.not_equal(task.slice(1), task.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+        starts += [i + 1 for i in changed.nonzero()[0].tolist()]
+        if len(starts) > len(pc.unique(task)):  # some task comes back later: not grouped
+            starts = [0]
+    bounds = starts + [n]
+    return [(o, min(ROW_GROUP_ROWS, end - o)) for a, end in zip(bounds, bounds[1:])
+            for o in range(a, end, ROW_GROUP_ROWS)]
 
 
 def write_table(table: pa.Table, path: str | Path) -> Path:
-    """Write as Parquet (`.parquet`) or Arrow IPC (`.arrow`), atomically (temp file + rename)."""
+    """Write as Parquet (`.parquet`, `row_groups`) or Arrow IPC (`.arrow`), atomically (temp
+    file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -97,7 +118,10 @@ def write_table(table: pa.Table, path: str | Path) -> Path:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
     elif path.suffix == ".parquet":
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
+        stats = [c for c in STATISTICS if c in table.column_names]
+        with pq.ParquetWriter(tmp, table.schema, write_statistics=stats or False) as writer:
+            for offset, length in row_groups(table):
+                writer.write_table(table.slice(offset, length), row_group_size=length)
     else:
         raise ValueError(f"{path}: use a .parquet or .arrow file name")
     tmp.replace(path)
