@@ -95,15 +95,13 @@ def row_groups(table: pa.Table) -> list[tuple[int, int]]:
     decodes only their rows, wherever they sit in the file: a teacher pack holds tasks of similar
     length, spread over the whole table, so groups of mixed tasks made every pack decode most of
     a large fleet's table. Rows not grouped by task (shuffled) go in groups of ROW_GROUP_ROWS."""
-    n = table.num_rows
-    starts = [0]
-    if "task" in table.column_names and n:
-        task = table.column("task")
-        changed = pc.not_equal(task.slice(1), task.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-        starts += [i + 1 for i in changed.nonzero()[0].tolist()]
-        if len(starts) > len(pc.unique(task)):  # some task comes back later: not grouped
-            starts = [0]
-    bounds = starts + [n]
+    ends = [table.num_rows]
+    if "task" in table.column_names and table.num_rows:
+        task = table.column("task").combine_chunks()
+        runs = pc.run_end_encode(task).run_ends.to_pylist()  # where each run of one task ends
+        if len(runs) == len(pc.unique(task)):  # else some task comes back later: not grouped
+            ends = runs
+    bounds = [0] + ends
     return [(o, min(ROW_GROUP_ROWS, end - o)) for a, end in zip(bounds, bounds[1:])
             for o in range(a, end, ROW_GROUP_ROWS)]
 
